@@ -1,0 +1,1 @@
+"""Backends: the drivers that run instances on hypervisors, public clouds and peers."""

@@ -1,0 +1,594 @@
+"""The ``cloudbroker`` command: ``serve``, ``db upgrade``, and operator commands over the admin API.
+
+Every command prints a table (rich) or, with ``--json``, machine-readable JSON. Errors are one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from broker import config as config_mod
+from broker.client import AdminClient
+from broker.errors import BrokerError
+
+out = Console(soft_wrap=True)
+
+
+class Ctx:
+    def __init__(
+        self, config_path: str | None, url: str | None, token: str | None, as_json: bool
+    ) -> None:
+        self.config_path = config_path
+        self.url = url
+        self.token = token
+        self.as_json = as_json
+
+    def config(self) -> config_mod.Config:
+        return config_mod.load(self.config_path)
+
+    def client(self) -> AdminClient:
+        cfg = self.config()
+        return AdminClient.discover(self.url, self.token, cfg.data_path, cfg.admin.listen)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def show(ctx: Ctx, data: Any, columns: Sequence[str] = (), title: str = "") -> None:
+    """Print ``data`` as JSON (--json), a table (a list), or key/value lines (an object)."""
+    if ctx.as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    if isinstance(data, list):
+        table = Table(title=title or None, show_lines=False)
+        cols = list(columns) or (list(data[0].keys()) if data else [])
+        for c in cols:
+            table.add_column(c)
+        for row in data:
+            table.add_row(*(_cell(row.get(c)) for c in cols))
+        out.print(table)
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            out.print(f"[bold]{k}[/bold]: {_cell(v)}", highlight=False, markup=True)
+    elif data is not None:
+        click.echo(str(data))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+class Group(click.Group):
+    """Turns broker and usage errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokerError as exc:
+            fail(exc.message)
+        except KeyboardInterrupt:
+            fail("interrupted")
+
+
+@click.group(cls=Group)
+@click.option(
+    "--config",
+    "config_path",
+    envvar="CLOUDBROKER_CONFIG",
+    default=None,
+    help="the broker's TOML configuration (default: built-in defaults)",
+)
+@click.option("--url", default=None, help="admin API URL (default: from the operator credential)")
+@click.option("--token", default=None, help="admin API token")
+@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+@click.version_option(package_name="cloudbroker")
+@click.pass_context
+def main(
+    ctx: click.Context, config_path: str | None, url: str | None, token: str | None, as_json: bool
+) -> None:
+    """cloudbroker: a hybrid cloud broker (EC2 and OCCI over KVM, Xen, VMware, EC2 and peers)."""
+    ctx.obj = Ctx(config_path, url, token, as_json)
+
+
+@main.command()
+@pass_ctx
+def serve(ctx: Ctx) -> None:
+    """Run the broker: every enabled frontend, the scheduler and the monitor."""
+    from broker.app import serve as run
+
+    cfg = ctx.config()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run(cfg))
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Ctx) -> None:
+    """Apply the schema migrations to the configured database."""
+    from broker import db as dbmod
+
+    cfg = ctx.config()
+    try:
+        dbmod.upgrade_sync(cfg.database_url)
+        rev = dbmod.current_revision(cfg.database_url)
+    except Exception as exc:  # a driver or connection error, told in one line
+        fail(
+            f"cannot upgrade {cfg.database_url.split('@')[-1]}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+    show(ctx, {"database": cfg.database_url.split("@")[-1], "revision": rev})
+
+
+def api(
+    method: str, path: str, data: Any = None, query: dict[str, Any] | None = None
+) -> Callable[[Ctx], Any]:
+    def run(ctx: Ctx) -> Any:
+        return ctx.client().call(method, path, data, query)
+
+    return run
+
+
+def _id(value: str) -> str:
+    if not value or "/" in value or len(value) > 128:
+        fail(f"invalid name or id '{value[:40]}'")
+    return value
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Users, their access keys and tokens."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="give the admin role")
+@click.option("--role", type=click.Choice(["admin", "groupadmin", "user"]), default=None)
+@click.option("--group", default=None)
+@click.option("--access-key", default=None)
+@click.option("--secret", "secret_key", default=None)
+@pass_ctx
+def user_create(
+    ctx: Ctx,
+    name: str,
+    admin: bool,
+    role: str | None,
+    group: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+) -> None:
+    """Create a user; a key pair is generated when none is given and printed once."""
+    role = "admin" if admin else (role or "user")
+    data = {
+        "name": name,
+        "role": role,
+        "group": group,
+        "access_key": access_key,
+        "secret_key": secret_key,
+    }
+    res = ctx.client().call("POST", "/api/v1/users", data)
+    show(
+        ctx,
+        {
+            "name": res["user"]["name"],
+            "id": res["user"]["id"],
+            "role": res["user"]["role"],
+            "group": res["user"]["group"],
+            "access_key": res["access_key"],
+            "secret_key": res["secret_key"],
+        },
+    )
+
+
+@user.command("list")
+@pass_ctx
+def user_list(ctx: Ctx) -> None:
+    show(
+        ctx,
+        ctx.client().call("GET", "/api/v1/users"),
+        ["id", "name", "group", "role", "enabled", "access_keys"],
+    )
+
+
+@user.command("show")
+@click.argument("name")
+@pass_ctx
+def user_show(ctx: Ctx, name: str) -> None:
+    show(ctx, ctx.client().call("GET", f"/api/v1/users/{_id(name)}"))
+
+
+@user.command("delete")
+@click.argument("name")
+@pass_ctx
+def user_delete(ctx: Ctx, name: str) -> None:
+    ctx.client().call("DELETE", f"/api/v1/users/{_id(name)}")
+    show(ctx, {"deleted": name})
+
+
+@user.command("token")
+@click.argument("name")
+@click.option("--hours", type=float, default=12.0, help="lifetime (0: never expires)")
+@pass_ctx
+def user_token(ctx: Ctx, name: str, hours: float) -> None:
+    """Issue a bearer token for the admin API and OCCI."""
+    show(ctx, ctx.client().call("POST", f"/api/v1/users/{_id(name)}/token", {"ttl_hours": hours}))
+
+
+@user.command("enable")
+@click.argument("name")
+@pass_ctx
+def user_enable(ctx: Ctx, name: str) -> None:
+    show(ctx, ctx.client().call("POST", f"/api/v1/users/{_id(name)}/enable"))
+
+
+@user.command("disable")
+@click.argument("name")
+@pass_ctx
+def user_disable(ctx: Ctx, name: str) -> None:
+    show(ctx, ctx.client().call("POST", f"/api/v1/users/{_id(name)}/disable"))
+
+
+# --- hosts -------------------------------------------------------------------------------------
+
+TARGET_COLUMNS = [
+    "id",
+    "name",
+    "kind",
+    "driver",
+    "hypervisor",
+    "cluster",
+    "state",
+    "total_cpu",
+    "total_memory_mb",
+    "instances",
+    "simulated",
+]
+
+
+@main.group()
+def host() -> None:
+    """Local hosts (KVM and Xen through libvirt)."""
+
+
+@host.command("add")
+@click.argument("name")
+@click.option("--hypervisor", type=click.Choice(["kvm", "xen"]), required=True)
+@click.option("--uri", required=True, help="libvirt URI: qemu+ssh://, qemu:///system, test:///")
+@click.option("--ssh", default=None, help="user@addr:port for probes and transfers")
+@click.option("--ssh-key", default=None, help="private key file for --ssh")
+@click.option("--cluster", default=None)
+@click.option("--image-dir", default=None, help="where images and disks live on the host")
+@click.option("--simulated", is_flag=True, help="mark a test:/// host as simulated")
+@pass_ctx
+def host_add(
+    ctx: Ctx,
+    name: str,
+    hypervisor: str,
+    uri: str,
+    ssh: str | None,
+    ssh_key: str | None,
+    cluster: str | None,
+    image_dir: str | None,
+    simulated: bool,
+) -> None:
+    settings: dict[str, Any] = {"uri": uri}
+    if ssh:
+        settings["ssh"] = ssh
+    if ssh_key:
+        settings["ssh_key"] = str(Path(ssh_key).resolve())
+    if image_dir:
+        settings["image_dir"] = image_dir
+    data = {
+        "name": name,
+        "kind": "host",
+        "driver": "libvirt",
+        "hypervisor": hypervisor,
+        "cluster": cluster,
+        "settings": settings,
+        "simulated": simulated or uri.startswith("test:"),
+    }
+    show(ctx, ctx.client().call("POST", "/api/v1/targets", data))
+
+
+@host.command("list")
+@pass_ctx
+def host_list(ctx: Ctx) -> None:
+    show(ctx, ctx.client().call("GET", "/api/v1/targets", query={"kind": "host"}), TARGET_COLUMNS)
+
+
+@host.command("show")
+@click.argument("name")
+@pass_ctx
+def host_show(ctx: Ctx, name: str) -> None:
+    show(ctx, ctx.client().call("GET", f"/api/v1/targets/{_id(name)}"))
+
+
+def _target_verb(verb: str) -> Callable[..., None]:
+    @click.argument("name")
+    @pass_ctx
+    def cmd(ctx: Ctx, name: str) -> None:
+        show(ctx, ctx.client().call("POST", f"/api/v1/targets/{_id(name)}/{verb}"))
+
+    cmd.__doc__ = {
+        "enable": "Allow new placements.",
+        "disable": "Stop new placements.",
+        "drain": "No new placements; running instances stay.",
+    }[verb]
+    return cmd
+
+
+for _verb in ("enable", "disable", "drain"):
+    host.command(_verb)(_target_verb(_verb))
+
+
+@host.command("remove")
+@click.argument("name")
+@pass_ctx
+def host_remove(ctx: Ctx, name: str) -> None:
+    """Remove a host that runs nothing."""
+    ctx.client().call("DELETE", f"/api/v1/targets/{_id(name)}")
+    show(ctx, {"removed": name})
+
+
+# --- images, flavors, networks -----------------------------------------------------------------
+
+
+@main.group()
+def image() -> None:
+    """The image catalog."""
+
+
+@image.command("register")
+@click.argument("name")
+@click.option("--location", default="", help="disk image path or URL")
+@click.option("--kernel", default="")
+@click.option("--initrd", "ramdisk", default="")
+@click.option("--cmdline", default="")
+@click.option("--hypervisor", default="")
+@click.option("--public", is_flag=True)
+@pass_ctx
+def image_register(
+    ctx: Ctx,
+    name: str,
+    location: str,
+    kernel: str,
+    ramdisk: str,
+    cmdline: str,
+    hypervisor: str,
+    public: bool,
+) -> None:
+    data = {
+        "name": name,
+        "kind": "kernel" if kernel else "disk",
+        "location": location,
+        "kernel": kernel,
+        "ramdisk": ramdisk,
+        "cmdline": cmdline,
+        "hypervisor": hypervisor,
+        "visibility": "public" if public else "private",
+    }
+    show(ctx, ctx.client().call("POST", "/api/v1/images", data))
+
+
+@image.command("list")
+@pass_ctx
+def image_list(ctx: Ctx) -> None:
+    show(
+        ctx,
+        ctx.client().call("GET", "/api/v1/images"),
+        ["id", "name", "kind", "hypervisor", "visibility", "state", "owner_id"],
+    )
+
+
+@image.command("show")
+@click.argument("image_id")
+@pass_ctx
+def image_show(ctx: Ctx, image_id: str) -> None:
+    show(ctx, ctx.client().call("GET", f"/api/v1/images/{_id(image_id)}"))
+
+
+@image.command("remove")
+@click.argument("image_id")
+@pass_ctx
+def image_remove(ctx: Ctx, image_id: str) -> None:
+    ctx.client().call("DELETE", f"/api/v1/images/{_id(image_id)}")
+    show(ctx, {"deregistered": image_id})
+
+
+@main.group()
+def flavor() -> None:
+    """Instance sizes."""
+
+
+@flavor.command("list")
+@pass_ctx
+def flavor_list(ctx: Ctx) -> None:
+    show(ctx, ctx.client().call("GET", "/api/v1/flavors"))
+
+
+@flavor.command("create")
+@click.argument("name")
+@click.option("--vcpus", type=int, required=True)
+@click.option("--memory", "memory_mb", type=int, required=True, help="MiB")
+@click.option("--disk", "disk_gb", type=int, default=0, help="GiB")
+@click.option("--price", type=float, default=0.0, help="per hour")
+@pass_ctx
+def flavor_create(
+    ctx: Ctx, name: str, vcpus: int, memory_mb: int, disk_gb: int, price: float
+) -> None:
+    show(
+        ctx,
+        ctx.client().call(
+            "POST",
+            "/api/v1/flavors",
+            {
+                "name": name,
+                "vcpus": vcpus,
+                "memory_mb": memory_mb,
+                "disk_gb": disk_gb,
+                "price_per_hour": price,
+            },
+        ),
+    )
+
+
+@main.group()
+def network() -> None:
+    """Virtual networks and their address ranges."""
+
+
+@network.command("list")
+@pass_ctx
+def network_list(ctx: Ctx) -> None:
+    show(
+        ctx,
+        ctx.client().call("GET", "/api/v1/networks"),
+        ["id", "name", "cidr", "bridge", "range_start", "range_end", "leased", "is_default"],
+    )
+
+
+@network.command("create")
+@click.argument("name")
+@click.option("--cidr", required=True)
+@click.option("--bridge", default="")
+@click.option("--gateway", default="")
+@click.option("--dns", default="")
+@click.option("--range", "range_", default="", help="FIRST-LAST addresses to lease")
+@click.option("--default", "is_default", is_flag=True)
+@pass_ctx
+def network_create(
+    ctx: Ctx,
+    name: str,
+    cidr: str,
+    bridge: str,
+    gateway: str,
+    dns: str,
+    range_: str,
+    is_default: bool,
+) -> None:
+    start, _, end = range_.partition("-")
+    show(
+        ctx,
+        ctx.client().call(
+            "POST",
+            "/api/v1/networks",
+            {
+                "name": name,
+                "cidr": cidr,
+                "bridge": bridge,
+                "gateway": gateway,
+                "dns": dns,
+                "range_start": start,
+                "range_end": end,
+                "default": is_default,
+            },
+        ),
+    )
+
+
+# --- instances ---------------------------------------------------------------------------------
+
+INSTANCE_COLUMNS = ["id", "state", "flavor", "image_id", "target_name", "private_ip", "owner_id"]
+
+
+@main.group()
+def instance() -> None:
+    """Instances, wherever they run."""
+
+
+@instance.command("list")
+@click.option("--state", multiple=True)
+@click.option("--target", multiple=True)
+@click.option("--limit", type=int, default=None)
+@pass_ctx
+def instance_list(
+    ctx: Ctx, state: tuple[str, ...], target: tuple[str, ...], limit: int | None
+) -> None:
+    res = ctx.client().call(
+        "GET",
+        "/api/v1/instances",
+        query={"state": list(state), "target": list(target), "limit": limit},
+    )
+    show(ctx, res["instances"] if not ctx.as_json else res, INSTANCE_COLUMNS)
+
+
+@instance.command("show")
+@click.argument("instance_id")
+@pass_ctx
+def instance_show(ctx: Ctx, instance_id: str) -> None:
+    show(ctx, ctx.client().call("GET", f"/api/v1/instances/{_id(instance_id)}"))
+
+
+def _instance_verb(verb: str) -> Callable[..., None]:
+    @click.argument("instance_id")
+    @pass_ctx
+    def cmd(ctx: Ctx, instance_id: str) -> None:
+        show(ctx, ctx.client().call("POST", f"/api/v1/instances/{_id(instance_id)}/{verb}"))
+
+    cmd.__doc__ = f"Ask an instance to {verb}."
+    return cmd
+
+
+for _verb in ("stop", "start", "reboot", "suspend", "resume", "terminate", "poweroff"):
+    instance.command(_verb)(_instance_verb(_verb))
+
+
+@instance.command("console")
+@click.argument("instance_id")
+@pass_ctx
+def instance_console(ctx: Ctx, instance_id: str) -> None:
+    res = ctx.client().call("GET", f"/api/v1/instances/{_id(instance_id)}/console")
+    if ctx.as_json:
+        show(ctx, res)
+    else:
+        click.echo(res["output"])
+
+
+@instance.command("events")
+@click.argument("instance_id")
+@pass_ctx
+def instance_events(ctx: Ctx, instance_id: str) -> None:
+    show(
+        ctx,
+        ctx.client().call("GET", f"/api/v1/instances/{_id(instance_id)}/events"),
+        ["at", "kind", "actor", "from", "to", "message"],
+    )
+
+
+@main.command()
+@click.argument("instance_id")
+@pass_ctx
+def explain(ctx: Ctx, instance_id: str) -> None:
+    """Why an instance went where it went (or what it waits for)."""
+    show(ctx, ctx.client().call("GET", f"/api/v1/instances/{_id(instance_id)}/explain"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,173 @@
+"""The broker's configuration: one TOML file, typed, with unknown keys refused by name.
+
+Every key has a default, so an empty file (or none) gives the embedded default: SQLite under
+``./var``, the three frontends on loopback. ``CLOUDBROKER_<SECTION>_<KEY>`` environment variables
+override the file (``CLOUDBROKER_DATABASE_URL=postgresql+psycopg://...``), for containers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from broker.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerSection:
+    data_dir: str = "./var"
+    region: str = "cloudbroker-1"
+    site_id: str = ""
+    local_host: str = "auto"  # auto | libvirt | simulated | none
+    seed: bool = True  # flavors, the default network and the ready image on first start
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSection:
+    url: str = ""  # empty: sqlite under data_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenerSection:
+    listen: str = ""
+    enabled: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorSection:
+    interval: float = 5.0
+    misses: int = 3
+    history: int = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerSection:
+    interval: float = 1.0
+    batch: int = 500
+    in_flight_per_target: int = 16
+    max_attempts: int = 3
+    stop_timeout: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    broker: BrokerSection = BrokerSection()
+    database: DatabaseSection = DatabaseSection()
+    ec2: ListenerSection = ListenerSection(listen="127.0.0.1:8773")
+    occi: ListenerSection = ListenerSection(listen="127.0.0.1:8787")
+    admin: ListenerSection = ListenerSection(listen="127.0.0.1:8780")
+    monitor: MonitorSection = MonitorSection()
+    scheduler: SchedulerSection = SchedulerSection()
+    source: str = ""
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.broker.data_dir).resolve()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.data_path / 'broker.db'}"
+
+
+_SECTIONS = ("broker", "database", "ec2", "occi", "admin", "monitor", "scheduler")
+
+
+def _coerce(section: str, key: str, raw: Any, default: Any) -> Any:
+    where = f"[{section}] {key}"
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "0", "false", "no"}:
+            return raw.lower() in {"1", "true", "yes"}
+        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+    if isinstance(default, int) and not isinstance(default, bool):
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
+    if isinstance(default, float):
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where}: expected a string, got {raw!r}")
+    return raw
+
+
+def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Build a :class:`Config` from parsed TOML plus environment overrides."""
+    base = Config()
+    merged: dict[str, dict[str, Any]] = {}
+    for section, values in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown configuration section [{section}]")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{section}] must be a table")
+        merged[section] = dict(values)
+    for name, value in (env or {}).items():
+        if not name.startswith("CLOUDBROKER_") or name.count("_") < 2:
+            continue
+        _, section, key = name.lower().split("_", 2)
+        if section in _SECTIONS:
+            merged.setdefault(section, {})[key] = value
+    kwargs: dict[str, Any] = {}
+    for section in _SECTIONS:
+        current = getattr(base, section)
+        fields = {f.name for f in dataclasses.fields(current)}
+        updates = {}
+        for key, raw in merged.get(section, {}).items():
+            if key not in fields:
+                raise ConfigError(f"unknown configuration key [{section}] {key}")
+            updates[key] = _coerce(section, key, raw, getattr(current, key))
+        kwargs[section] = dataclasses.replace(current, **updates)
+    for section in ("ec2", "occi", "admin"):
+        _check_listen(section, kwargs[section].listen)
+    if kwargs["monitor"].interval <= 0 or kwargs["scheduler"].interval <= 0:
+        raise ConfigError("intervals must be positive")
+    return Config(**kwargs)
+
+
+def _check_listen(section: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"[{section}] listen: expected host:port, got {value!r}")
+
+
+def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the configuration file at ``path`` (None: defaults only) and apply ``env``."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration file {p}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+        source = str(p)
+    cfg = from_mapping(data, env)
+    if path is not None and not cfg.broker.data_dir.startswith("/"):
+        # a relative data_dir in a file is relative to the file, not to where serve was started
+        data_dir = str((Path(path).resolve().parent / cfg.broker.data_dir).resolve())
+        if "broker" in data and "data_dir" in data["broker"]:
+            cfg = dataclasses.replace(
+                cfg, broker=dataclasses.replace(cfg.broker, data_dir=data_dir)
+            )
+    return dataclasses.replace(cfg, source=source)

@@ -1,0 +1,499 @@
+"""The scheduler: pending -> placed -> dispatched, in batches, and every other intent carried out.
+
+Each cycle places a batch of pending instances against one snapshot of the targets (placement
+itself is a pure policy), records each decision and its explanation, then hands backends
+immutable specs, concurrently, with a limit of operations in flight per target. Every write is
+conditional on the intent it carries out, so a user's newer request is never overwritten, and
+everything is in the database first: a killed broker resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import logging
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from broker import model as m
+from broker.errors import BrokerError
+from broker.events import EventRecord, record, transition
+from broker.model import utcnow
+from broker.protocols import (
+    Decision,
+    LaunchSpec,
+    NicSpec,
+    Observed,
+    PlacementPolicy,
+    PlacementRequest,
+)
+from broker.runtime import Runtime
+from broker.service.instances import release
+from broker.snapshots import snapshot_targets
+from broker.states import Action, State, can_move
+
+log = logging.getLogger(__name__)
+
+#: intent -> (state on success when the backend reports nothing, state to fall back to on failure)
+AFTER: dict[Action, tuple[State, State | None]] = {
+    Action.STOP: (State.POWEROFF, State.RUNNING),
+    Action.POWEROFF: (State.POWEROFF, State.RUNNING),
+    Action.START: (State.RUNNING, State.POWEROFF),
+    Action.REBOOT: (State.RUNNING, None),
+    Action.SUSPEND: (State.SUSPENDED, None),
+    Action.RESUME: (State.RUNNING, None),
+    Action.TERMINATE: (State.DONE, None),
+}
+LAUNCH_TIMEOUT = 300.0
+ACTION_TIMEOUT = 180.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Work:
+    instance_id: str
+    intent: Action
+    intent_at: dt.datetime | None
+    state: State
+    target_id: str
+    backend_ref: str | None
+    attempts: int
+
+
+class Scheduler:
+    def __init__(self, rt: Runtime, policy: PlacementPolicy) -> None:
+        self.rt = rt
+        self.policy = policy
+        self.cfg = rt.config.scheduler
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._per_target: dict[str, asyncio.Semaphore] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.cycle()
+            except Exception:  # the loop must survive anything one cycle meets
+                log.exception("scheduler cycle failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.rt.scheduler_wake.wait(), self.cfg.interval)
+            self.rt.scheduler_wake.clear()
+
+    async def cycle(self) -> None:
+        await self.place()
+        await self.dispatch()
+
+    async def drain(self) -> None:
+        """Wait for the work in flight (tests and shutdown)."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        for task in self._inflight.values():
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    # --- placement --------------------------------------------------------------------------
+
+    async def place(self) -> list[Decision]:
+        async with self.rt.engine.connect() as conn:
+            requests = await self._pending(conn)
+            if not requests:
+                return []
+            targets = await snapshot_targets(conn)
+        decisions = self.policy.place(requests, targets)
+        now = utcnow()
+        placed = [d for d in decisions if d.target_id is not None]
+        waiting = [d for d in decisions if d.target_id is None]
+        async with self.rt.engine.begin() as conn:
+            if placed:
+                await conn.execute(
+                    update(m.Instance)
+                    .where(m.Instance.id == bindparam("b_id"), m.Instance.state == "pending")
+                    .values(
+                        state=State.PROLOG.value,
+                        target_id=bindparam("b_target"),
+                        intent=Action.LAUNCH.value,
+                        intent_at=now,
+                        updated_at=now,
+                        state_reason="",
+                        explanation=bindparam("b_expl"),
+                    ),
+                    [
+                        {"b_id": d.instance_id, "b_target": d.target_id, "b_expl": _explain(d)}
+                        for d in placed
+                    ],
+                )
+                await record(
+                    conn,
+                    [
+                        transition(
+                            d.instance_id,
+                            "pending",
+                            "prolog",
+                            "scheduler",
+                            d.reason,
+                            target=d.target_id,
+                        )
+                        for d in placed
+                    ],
+                )
+            if waiting:
+                await conn.execute(
+                    update(m.Instance)
+                    .where(m.Instance.id == bindparam("b_id"), m.Instance.state == "pending")
+                    .values(state_reason=bindparam("b_reason"), explanation=bindparam("b_expl")),
+                    [
+                        {"b_id": d.instance_id, "b_reason": d.reason[:500], "b_expl": _explain(d)}
+                        for d in waiting
+                    ],
+                )
+        return decisions
+
+    async def _pending(self, conn: AsyncConnection) -> list[PlacementRequest]:
+        stmt = (
+            select(
+                m.Instance.id,
+                m.Instance.owner_id,
+                m.Instance.group_id,
+                m.Instance.vcpus,
+                m.Instance.memory_mb,
+                m.Instance.disk_gb,
+                m.Instance.flavor,
+                m.Instance.image_id,
+                m.Image.hypervisor,
+                m.Image.arch,
+                m.Instance.zone,
+                m.Instance.requirements,
+                m.Instance.rank,
+                m.Instance.hops,
+            )
+            .join(m.Image, m.Image.id == m.Instance.image_id)
+            .where(m.Instance.state == State.PENDING.value)
+            .order_by(m.Instance.created_at, m.Instance.id)
+            .limit(self.cfg.batch)
+        )
+        return [PlacementRequest(*r) for r in await conn.execute(stmt)]
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    async def dispatch(self) -> None:
+        stmt = (
+            select(
+                m.Instance.id,
+                m.Instance.intent,
+                m.Instance.intent_at,
+                m.Instance.state,
+                m.Instance.target_id,
+                m.Instance.backend_ref,
+                m.Instance.attempts,
+            )
+            .join(m.Target, m.Target.id == m.Instance.target_id)
+            .where(m.Instance.intent.is_not(None), m.Target.state != "error")
+            .order_by(m.Instance.intent_at)
+            .limit(self.cfg.batch + len(self._inflight))
+        )
+        async with self.rt.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        for row in rows:
+            if row[0] in self._inflight:
+                continue
+            work = Work(
+                row[0], Action(str(row[1])), row[2], State(row[3]), str(row[4]), row[5], row[6]
+            )
+            task = asyncio.create_task(self._carry_out(work))
+            self._inflight[work.instance_id] = task
+            task.add_done_callback(functools.partial(self._done, work.instance_id))
+
+    def _done(self, rid: str, _task: asyncio.Task[None]) -> None:
+        self._inflight.pop(rid, None)
+        self.rt.wake_scheduler()
+
+    async def _carry_out(self, work: Work) -> None:
+        sem = self._per_target.setdefault(
+            work.target_id, asyncio.Semaphore(self.cfg.in_flight_per_target)
+        )
+        async with sem:
+            try:
+                if work.intent is Action.LAUNCH:
+                    await self._launch(work)
+                else:
+                    await self._act(work)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is recorded against the instance
+                await self._failed(work, exc)
+
+    async def _launch(self, work: Work) -> None:
+        assert self.rt.backends is not None
+        backend = await self.rt.backends.get(work.target_id)
+        spec = await self._spec(work)
+        placement = await asyncio.wait_for(backend.launch(spec), LAUNCH_TIMEOUT)
+        now = utcnow()
+        async with self.rt.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(m.Instance.intent, m.Instance.state)
+                    .where(m.Instance.id == work.instance_id)
+                    .with_for_update()
+                )
+            ).first()
+            values: dict[str, Any] = {
+                "backend_ref": placement.ref,
+                "launched_at": now,
+                "updated_at": now,
+                "attempts": 0,
+            }
+            if placement.public_ip:
+                values["public_ip"] = placement.public_ip
+            events: list[EventRecord] = []
+            if row is not None and row[0] == Action.LAUNCH.value:
+                new = placement.state if can_move(State.PROLOG, placement.state) else State.BOOT
+                values.update(intent=None, state=new.value, state_reason="")
+                events.append(
+                    transition(
+                        work.instance_id,
+                        row[1],
+                        new.value,
+                        "scheduler",
+                        "launched",
+                        ref=placement.ref,
+                    )
+                )
+            await conn.execute(
+                update(m.Instance).where(m.Instance.id == work.instance_id).values(**values)
+            )
+            await record(conn, events)
+
+    async def _act(self, work: Work) -> None:
+        if work.backend_ref is None:
+            if work.intent is Action.TERMINATE:  # never reached the target: nothing to undo
+                await self._finish(work, State.DONE, "terminated before launch")
+                return
+            raise BrokerError("the instance has no backend reference")
+        assert self.rt.backends is not None
+        backend = await self.rt.backends.get(work.target_id)
+        seen = await asyncio.wait_for(backend.act(work.backend_ref, work.intent), ACTION_TIMEOUT)
+        await self._finish(work, _result(work.intent, seen), "", seen)
+
+    async def _finish(
+        self, work: Work, new: State, reason: str, seen: Observed | None = None
+    ) -> None:
+        now = utcnow()
+        async with self.rt.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(m.Instance.state).where(
+                        m.Instance.id == work.instance_id,
+                        m.Instance.intent == work.intent.value,
+                        m.Instance.intent_at == work.intent_at,
+                    )
+                )
+            ).first()
+            if row is None:
+                return  # the user asked for something newer meanwhile; that will be carried out
+            old = State(row[0])
+            if not can_move(old, new):
+                new = old
+            values: dict[str, Any] = {
+                "intent": None,
+                "state": new.value,
+                "updated_at": now,
+                "state_reason": reason,
+                "attempts": 0,
+            }
+            if new is State.DONE:
+                values["ended_at"] = now
+            if seen is not None and seen.private_ip:
+                values["private_ip"] = seen.private_ip
+            await conn.execute(
+                update(m.Instance).where(m.Instance.id == work.instance_id).values(**values)
+            )
+            if new is State.DONE:
+                await release(conn, [work.instance_id])
+            await record(
+                conn,
+                [
+                    transition(
+                        work.instance_id, old.value, new.value, "scheduler", work.intent.value
+                    )
+                ],
+            )
+
+    async def _failed(self, work: Work, exc: BaseException) -> None:
+        reason = str(exc) if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TimeoutError):
+            reason = f"the target did not finish '{work.intent.value}' in time"
+        log.warning("%s %s failed: %s", work.intent.value, work.instance_id, reason)
+        attempts = work.attempts + 1
+        now = utcnow()
+        async with self.rt.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(m.Instance.state).where(
+                        m.Instance.id == work.instance_id,
+                        m.Instance.intent == work.intent.value,
+                        m.Instance.intent_at == work.intent_at,
+                    )
+                )
+            ).first()
+            if row is None:
+                return
+            old = State(row[0])
+            values: dict[str, Any] = {
+                "attempts": attempts,
+                "state_reason": reason[:1000],
+                "updated_at": now,
+            }
+            retry = attempts < self.cfg.max_attempts
+            if work.intent is Action.LAUNCH:
+                new = State.PENDING if retry else State.FAILED
+                values.update(state=new.value, intent=None)
+                if retry:
+                    values.update(target_id=None, backend_ref=None)
+            elif work.intent is Action.TERMINATE:
+                new = old if retry else State.FAILED
+                values.update(state=new.value, intent_at=now)
+                if not retry:
+                    values["intent"] = None
+            else:
+                fallback = AFTER[work.intent][1]
+                new = fallback if fallback is not None and can_move(old, fallback) else old
+                values.update(state=new.value, intent=None)
+            await conn.execute(
+                update(m.Instance).where(m.Instance.id == work.instance_id).values(**values)
+            )
+            await record(
+                conn,
+                [
+                    EventRecord(
+                        work.instance_id,
+                        "error",
+                        "scheduler",
+                        old.value,
+                        new.value,
+                        f"{work.intent.value} failed: {reason}",
+                    )
+                ],
+            )
+
+    async def _spec(self, work: Work) -> LaunchSpec:
+        async with self.rt.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        m.Instance.hostname,
+                        m.Instance.vcpus,
+                        m.Instance.memory_mb,
+                        m.Instance.disk_gb,
+                        m.Instance.flavor,
+                        m.Instance.image_id,
+                        m.Image.kind,
+                        m.Image.location,
+                        m.Image.kernel,
+                        m.Image.ramdisk,
+                        m.Image.cmdline,
+                        m.Image.checksum,
+                        m.Image.mappings,
+                        m.Instance.user_data,
+                        m.Instance.key_name,
+                        m.Instance.owner_id,
+                        m.Target.settings,
+                        m.Instance.hops,
+                    )
+                    .join(m.Image, m.Image.id == m.Instance.image_id)
+                    .join(m.Target, m.Target.id == m.Instance.target_id)
+                    .where(m.Instance.id == work.instance_id)
+                )
+            ).one()
+            public_key = None
+            if row[14]:
+                public_key = await conn.scalar(
+                    select(m.KeyPair.public_key).where(
+                        m.KeyPair.owner_id == row[15], m.KeyPair.name == row[14]
+                    )
+                )
+            nics = [
+                NicSpec(*r)
+                for r in await conn.execute(
+                    select(
+                        m.NetworkInterface.mac,
+                        m.NetworkInterface.ip,
+                        m.Network.name,
+                        m.Network.bridge,
+                        m.Network.cidr,
+                        m.Network.gateway,
+                        m.Network.dns,
+                    )
+                    .join(m.Network, m.Network.id == m.NetworkInterface.network_id)
+                    .where(m.NetworkInterface.instance_id == work.instance_id)
+                    .order_by(m.NetworkInterface.device_index)
+                )
+            ]
+            groups = tuple(
+                (
+                    await conn.scalars(
+                        select(m.InstanceSecurityGroup.group_id).where(
+                            m.InstanceSecurityGroup.instance_id == work.instance_id
+                        )
+                    )
+                ).all()
+            )
+            tags = {
+                k: v
+                for k, v in await conn.execute(
+                    select(m.Tag.key, m.Tag.value).where(m.Tag.resource_id == work.instance_id)
+                )
+            }
+        return LaunchSpec(
+            instance_id=work.instance_id,
+            target_id=work.target_id,
+            target_settings=row[16] or {},
+            hostname=row[0],
+            vcpus=row[1],
+            memory_mb=row[2],
+            disk_gb=row[3],
+            flavor=row[4],
+            image_id=row[5],
+            image_kind=row[6],
+            image_location=row[7],
+            image_kernel=row[8],
+            image_ramdisk=row[9],
+            image_cmdline=row[10],
+            image_checksum=row[11],
+            image_mappings=row[12] or {},
+            user_data=row[13],
+            key_name=row[14],
+            public_key=public_key,
+            nics=tuple(nics),
+            security_groups=groups,
+            tags=tags,
+            owner_id=row[15],
+            hops=row[17],
+        )
+
+
+def _result(intent: Action, seen: Observed | None) -> State:
+    if intent is Action.TERMINATE:
+        return State.DONE
+    if seen is not None and seen.state is not State.UNKNOWN:
+        return seen.state
+    return AFTER[intent][0]
+
+
+def _explain(d: Decision) -> dict[str, Any]:
+    return {
+        "target": d.target_id,
+        "reason": d.reason,
+        "considered": dict(d.considered),
+        "at": utcnow().isoformat(),
+    }
+
+
+async def explain(rt: Runtime, rid: str) -> dict[str, Any] | None:
+    async with rt.engine.connect() as conn:
+        value = await conn.scalar(select(m.Instance.explanation).where(m.Instance.id == rid))
+    return value if isinstance(value, dict) else None

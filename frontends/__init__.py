@@ -1,0 +1,1 @@
+"""The wire protocols clients speak (EC2 Query, OCCI, the admin JSON API), each over the broker."""

@@ -1,0 +1,1 @@
+"""The Amazon EC2 Query API frontend: signatures, parameter parsing, actions and XML replies."""
