@@ -397,6 +397,38 @@ def image_register(
     show(ctx, ctx.client().call("POST", "/api/v1/images", data))
 
 
+@image.command("import")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--hypervisor", default="")
+@click.option("--public", is_flag=True)
+@pass_ctx
+def image_import(ctx: Ctx, name: str, path: str, hypervisor: str, public: bool) -> None:
+    """Upload a disk image file into the broker's image store, with progress."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    client = ctx.client()
+    made = client.call(
+        "POST",
+        "/api/v1/images/import",
+        {"name": name, "hypervisor": hypervisor, "visibility": "public" if public else "private"},
+    )
+    source = Path(path)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        disable=ctx.as_json,
+    ) as bar:
+        task = bar.add_task(f"importing {source.name}", total=source.stat().st_size)
+        done = client.upload(
+            f"/api/v1/images/{made['id']}/data", source, lambda n: bar.advance(task, n)
+        )
+    show(ctx, done)
+
+
 @image.command("list")
 @pass_ctx
 def image_list(ctx: Ctx) -> None:

@@ -7,13 +7,15 @@ into the data dir of the configuration given with ``--config``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from broker.errors import BrokerError
 
@@ -76,6 +78,38 @@ class AdminClient:
                 "is 'cloudbroker serve' running?"
             ) from None
         return json.loads(raw) if raw else None
+
+    def upload(self, path: str, source: Path, progress: Callable[[int], None]) -> Any:
+        """PUT a file's bytes, calling ``progress(bytes_sent)`` as they go."""
+        size = source.stat().st_size
+
+        class Reader(io.RawIOBase):
+            def __init__(self, fh: BinaryIO) -> None:
+                self.fh = fh
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, n: int = -1) -> bytes:
+                chunk = self.fh.read(min(n, 1 << 20) if n > 0 else 1 << 20)
+                progress(len(chunk))
+                return chunk
+
+        with source.open("rb") as fh:
+            req = urllib.request.Request(self.url + path, data=Reader(fh), method="PUT")  # noqa: S310
+            req.add_header("Content-Length", str(size))
+            req.add_header("Content-Type", "application/octet-stream")
+            if self.token:
+                req.add_header("Authorization", f"Bearer {self.token}")
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                raise ClientError(_message(exc.read(), exc.code)) from None
+            except (urllib.error.URLError, OSError) as exc:
+                raise ClientError(
+                    f"the upload to {self.url} failed: {getattr(exc, 'reason', exc)}"
+                ) from None
 
 
 def _message(raw: bytes, status: int) -> str:

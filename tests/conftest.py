@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import create_engine, text
 from broker.app import open_runtime
 from broker.auth import SYSTEM, Caller
 from broker.config import Config, from_mapping
+from broker.db import upgrade_sync
 from broker.runtime import Runtime
 from broker.service import users
 
@@ -27,14 +29,39 @@ def pg_admin_url() -> str:
     return url
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database that each test's database is copied from."""
     admin = pg_admin_url()
-    name = f"cbtest_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(admin.replace("+asyncpg", "+psycopg"), isolation_level="AUTOCOMMIT")
+    name = f"cbtemplate_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+    upgrade_sync(admin.rsplit("/", 1)[0] + "/" + name)
+    try:
+        yield name
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test's database is copied from."""
+    path = tmp_path_factory.mktemp("template") / "broker.db"
+    upgrade_sync(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
+    admin = pg_admin_url()
+    name = f"cbtest_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
     try:
         yield admin.rsplit("/", 1)[0] + "/" + name
     finally:
@@ -54,16 +81,21 @@ def make_config(tmp: Path, url: str = "", **broker: object) -> Config:
     return cfg
 
 
+def sqlite_copy(template: Path, tmp: Path) -> str:
+    shutil.copyfile(template, tmp / "broker.db")
+    return f"sqlite+aiosqlite:///{tmp / 'broker.db'}"
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'broker.db'}"
+        return sqlite_copy(request.getfixturevalue("sqlite_template"), tmp_path)
     return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture
 async def rt(tmp_path: Path, db_url: str) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(make_config(tmp_path, db_url), migrate=True)
+    runtime = await open_runtime(make_config(tmp_path, db_url), migrate=False)
     try:
         yield runtime
     finally:
@@ -71,8 +103,9 @@ async def rt(tmp_path: Path, db_url: str) -> AsyncIterator[Runtime]:
 
 
 @pytest.fixture
-async def sqlite_rt(tmp_path: Path) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(make_config(tmp_path), migrate=True)
+async def sqlite_rt(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
+    url = sqlite_copy(sqlite_template, tmp_path)
+    runtime = await open_runtime(make_config(tmp_path, url), migrate=False)
     try:
         yield runtime
     finally:

@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -355,8 +355,9 @@ async def _check_zone(conn: AsyncConnection, zone: str | None) -> str | None:
 def _conditions(
     caller: Caller, flt: InstanceFilter, include_old: bool, now: dt.datetime
 ) -> list[Any]:
+    if len(flt.ids) > MAX_COUNT:  # as many ids as one launch makes (launch reads them back)
+        raise InvalidRequest(f"too many values for ids (at most {MAX_COUNT})")
     for name in (
-        "ids",
         "image_ids",
         "flavors",
         "zones",
@@ -377,7 +378,6 @@ def _conditions(
         (m.Instance.id, flt.ids),
         (m.Instance.image_id, flt.image_ids),
         (m.Instance.flavor, flt.flavors),
-        (m.Instance.zone, flt.zones),
         (m.Instance.reservation_id, flt.reservation_ids),
         (m.Instance.key_name, flt.key_names),
         (m.Instance.private_ip, flt.private_ips),
@@ -387,6 +387,8 @@ def _conditions(
     for column, values in pairs:
         if values:
             conds.append(column.in_(values))
+    if flt.zones:
+        conds.append(_in_zones(flt.zones))
     if flt.states:
         conds.append(m.Instance.state.in_([s.value for s in flt.states]))
     if not include_old:
@@ -395,6 +397,19 @@ def _conditions(
         )
     conds.extend(tag_conditions(m.Instance.id, flt.tags))
     return conds
+
+
+def _in_zones(zones: Sequence[str]) -> Any:
+    """The zone asked for at launch, or else the cluster of the target it was placed on."""
+    placed_in = (
+        select(m.Target.id)
+        .join(m.Cluster, m.Cluster.id == m.Target.cluster_id)
+        .where(m.Cluster.name.in_(zones))
+    )
+    return or_(
+        m.Instance.zone.in_(zones),
+        and_(m.Instance.zone.is_(None), m.Instance.target_id.in_(placed_in)),
+    )
 
 
 async def describe(

@@ -18,7 +18,7 @@ from aiohttp import web
 from broker import errors
 from broker.auth import Caller
 from broker.runtime import Runtime
-from broker.service import flavors, images, instances, networks, targets, users
+from broker.service import flavors, images, imagestore, instances, networks, targets, users
 from broker.service.common import TagFilter
 from broker.states import Action, State
 from frontends.admin import views
@@ -229,6 +229,29 @@ async def image_register(request: web.Request) -> web.Response:
     return reply(await images.register(rt_of(request), caller, spec), 201)
 
 
+async def image_import(request: web.Request) -> web.Response:
+    caller, data = await caller_of(request), await body(request)
+    spec = images.ImageSpec(
+        name=views.text(data, "name"),
+        description=views.text(data, "description", ""),
+        hypervisor=views.text(data, "hypervisor", ""),
+        visibility=views.text(data, "visibility", "private"),
+    )
+    return reply(await imagestore.begin_import(rt_of(request), caller, spec), 201)
+
+
+async def image_upload(request: web.Request) -> web.Response:
+    caller = await caller_of(request)
+    view = await imagestore.receive(
+        rt_of(request),
+        caller,
+        request.match_info["id"],
+        request.content.iter_chunked(1 << 20),
+        expected_size=request.content_length,
+    )
+    return reply(view)
+
+
 async def image_list(request: web.Request) -> web.Response:
     page = await images.describe(rt_of(request), await caller_of(request))
     return reply(page.items)
@@ -376,6 +399,8 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("DELETE", "/api/v1/targets/{name}", target_remove),
     ("POST", "/api/v1/images", image_register),
     ("GET", "/api/v1/images", image_list),
+    ("POST", "/api/v1/images/import", image_import),
+    ("PUT", "/api/v1/images/{id}/data", image_upload),
     ("GET", "/api/v1/images/{id}", image_show),
     ("DELETE", "/api/v1/images/{id}", image_remove),
     ("GET", "/api/v1/flavors", flavor_list),
@@ -394,6 +419,7 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
 
 def create_app(rt: Runtime) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    # uploads stream past client_max_size: only image_upload reads request.content itself
     app[RUNTIME] = rt
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -204,3 +204,20 @@ def test_no_server_is_a_clear_error(tmp_path: Path) -> None:
         env=env,
     )
     assert result.returncode == 1 and "host:port" in result.stderr
+
+
+def test_image_import_streams_with_a_checksum(server: Server, tmp_path: Path) -> None:
+    blob = tmp_path / "disk.img"
+    blob.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    made = cli_json(server.cfg, "image", "import", "uploaded", str(blob))
+    assert isinstance(made, dict) and made["state"] == "available"
+    assert made["size_bytes"] == blob.stat().st_size
+    import hashlib
+
+    stored = Path(str(made["location"]))
+    assert (
+        hashlib.sha256(stored.read_bytes()).hexdigest()
+        == hashlib.sha256(blob.read_bytes()).hexdigest()
+    )
+    again = cli(server.cfg, "image", "import", "x", str(tmp_path / "missing.img"), check=False)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
