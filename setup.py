@@ -12,7 +12,12 @@ setup(
     long_description_content_type="text/x-rst",
     python_requires=">=3.11",
     packages=find_packages(include=["broker*", "frontends*", "backends*", "policies*"]),
-    package_data={"broker": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"]},
+    package_data={
+        "broker": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"],
+        "backends.libvirt": ["labfiles/*"],
+        "backends.vmware": ["simulator/*.go"],
+        "frontends.occi": ["*.json"],
+    },
     data_files=[("share/cloudbroker/config", ["config/broker.toml"])],
     install_requires=[
         "aiohttp>=3.9",
@@ -24,7 +29,9 @@ setup(
         "cryptography>=42",
         "lxml>=5",
         "psycopg[binary]>=3.1",
+        "jsonschema>=4",
         "pycdlib>=1.14",
+        "pyvmomi>=8.0",
         "rich>=13",
         "SQLAlchemy[asyncio]>=2.0.25",
     ],
@@ -38,7 +45,6 @@ setup(
             "pytest-aiohttp>=1.0",
             "pytest-asyncio>=0.23",
             "ruff>=0.4",
-            "jsonschema>=4",
         ],
     },
     entry_points={
@@ -48,6 +54,11 @@ setup(
         ],
         "cloudbroker.backends": [
             "libvirt = backends.libvirt.backend:LibvirtBackend",
+            "vmware = backends.vmware.backend:VmwareBackend",
+            "ec2 = backends.ec2.backend:Ec2Backend",
+        ],
+        "cloudbroker.commands": [
+            "lab = backends.libvirt.labcli:lab",
         ],
         "cloudbroker.local": [
             "libvirt = backends.libvirt.local:add_local_host",

@@ -79,7 +79,24 @@ def _cell(value: Any) -> str:
 
 
 class Group(click.Group):
-    """Turns broker and usage errors into one line and an exit code."""
+    """Turns broker and usage errors into one line and an exit code, and adds the commands
+    that plugins declare (``cloudbroker.commands`` entry points, e.g. ``lab``) when asked."""
+
+    def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group="cloudbroker.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and cmd_name in self._plugins():
+            loaded = self._plugins()[cmd_name].load()
+            if isinstance(loaded, click.Command):
+                return loaded
+        return found
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -279,26 +296,80 @@ def host() -> None:
 
 @host.command("add")
 @click.argument("name")
-@click.option("--hypervisor", type=click.Choice(["kvm", "xen"]), required=True)
-@click.option("--uri", required=True, help="libvirt URI: qemu+ssh://, qemu:///system, test:///")
+@click.option("--hypervisor", type=click.Choice(["kvm", "xen", "vmware"]), required=True)
+@click.option("--uri", default=None, help="libvirt URI: qemu+ssh://, qemu:///system, test:///")
+@click.option("--vsphere", default=None, help="vCenter or ESXi URL (vmware)")
+@click.option("--user", "vs_user", default=None, help="vSphere user (vmware)")
+@click.option("--password", "vs_password", default=None, help="vSphere password (vmware)")
+@click.option("--datacenter", default=None)
+@click.option("--vs-cluster", "vs_cluster", default=None, help="vCenter cluster (vmware)")
+@click.option("--datastore", default=None)
+@click.option("--network", "vs_network", default=None, help="port group (vmware)")
+@click.option("--insecure", is_flag=True, help="do not verify the vSphere certificate")
 @click.option("--ssh", default=None, help="user@addr:port for probes and transfers")
 @click.option("--ssh-key", default=None, help="private key file for --ssh")
 @click.option("--cluster", default=None)
 @click.option("--image-dir", default=None, help="where images and disks live on the host")
 @click.option("--simulated", is_flag=True, help="mark a test:/// host as simulated")
+@click.option(
+    "--virt-type",
+    type=click.Choice(["auto", "kvm", "qemu"]),
+    default="auto",
+    help="auto: KVM where the host offers it, else software emulation",
+)
 @pass_ctx
 def host_add(
     ctx: Ctx,
     name: str,
     hypervisor: str,
-    uri: str,
+    uri: str | None,
+    vsphere: str | None,
+    vs_user: str | None,
+    vs_password: str | None,
+    datacenter: str | None,
+    vs_cluster: str | None,
+    datastore: str | None,
+    vs_network: str | None,
+    insecure: bool,
     ssh: str | None,
     ssh_key: str | None,
     cluster: str | None,
     image_dir: str | None,
     simulated: bool,
+    virt_type: str,
 ) -> None:
-    settings: dict[str, Any] = {"uri": uri}
+    """Add a KVM or Xen host (libvirt) or a vSphere host or cluster (vmware)."""
+    if hypervisor == "vmware":
+        if not (vsphere and vs_user and vs_password):
+            fail("a vmware host needs --vsphere, --user and --password")
+        vs_settings = {
+            "url": vsphere,
+            "datacenter": datacenter,
+            "cluster": vs_cluster,
+            "datastore": datastore,
+            "network": vs_network,
+            "insecure": insecure,
+        }
+        show(
+            ctx,
+            ctx.client().call(
+                "POST",
+                "/api/v1/targets",
+                {
+                    "name": name,
+                    "kind": "host",
+                    "driver": "vmware",
+                    "hypervisor": "vmware",
+                    "cluster": cluster,
+                    "settings": {k: v for k, v in vs_settings.items() if v is not None},
+                    "secret": {"user": vs_user, "password": vs_password},
+                },
+            ),
+        )
+        return
+    if not uri:
+        fail("a kvm or xen host needs --uri")
+    settings: dict[str, Any] = {"uri": uri, "virt_type": virt_type}
     if ssh:
         settings["ssh"] = ssh
     if ssh_key:
@@ -353,6 +424,94 @@ for _verb in ("enable", "disable", "drain"):
 @pass_ctx
 def host_remove(ctx: Ctx, name: str) -> None:
     """Remove a host that runs nothing."""
+    ctx.client().call("DELETE", f"/api/v1/targets/{_id(name)}")
+    show(ctx, {"removed": name})
+
+
+# --- public-cloud regions and other targets ------------------------------------------------
+
+
+@main.group()
+def target() -> None:
+    """Every target placement chooses among: hosts, public-cloud regions, peers."""
+
+
+@target.command("add")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["ec2"]), required=True)
+@click.option("--region", required=True)
+@click.option("--endpoint", default=None, help="an EC2-compatible endpoint URL")
+@click.option("--access-key", required=True)
+@click.option("--secret", "secret_key", required=True)
+@click.option("--max-instances", type=int, default=None)
+@click.option("--price", multiple=True, help="INSTANCE_TYPE=USD_PER_HOUR (repeatable)")
+@pass_ctx
+def target_add(
+    ctx: Ctx,
+    name: str,
+    kind: str,
+    region: str,
+    endpoint: str | None,
+    access_key: str,
+    secret_key: str,
+    max_instances: int | None,
+    price: tuple[str, ...],
+) -> None:
+    """Add a public-cloud region; its credentials are stored encrypted and never shown."""
+    prices: dict[str, float] = {}
+    for item in price:
+        key, sep, value = item.partition("=")
+        try:
+            prices[key] = float(value)
+        except ValueError:
+            fail(f"--price wants INSTANCE_TYPE=USD_PER_HOUR, got '{item}'")
+        if not sep or not key:
+            fail(f"--price wants INSTANCE_TYPE=USD_PER_HOUR, got '{item}'")
+    settings: dict[str, Any] = {"region": region}
+    if endpoint:
+        settings["endpoint"] = endpoint
+    if max_instances is not None:
+        settings["max_instances"] = max_instances
+    if prices:
+        settings["prices"] = prices
+    show(
+        ctx,
+        ctx.client().call(
+            "POST",
+            "/api/v1/targets",
+            {
+                "name": name,
+                "kind": "region",
+                "driver": kind,
+                "settings": settings,
+                "secret": {"access_key": access_key, "secret_key": secret_key},
+            },
+        ),
+    )
+
+
+@target.command("list")
+@pass_ctx
+def target_list(ctx: Ctx) -> None:
+    show(ctx, ctx.client().call("GET", "/api/v1/targets"), TARGET_COLUMNS)
+
+
+@target.command("show")
+@click.argument("name")
+@pass_ctx
+def target_show(ctx: Ctx, name: str) -> None:
+    show(ctx, ctx.client().call("GET", f"/api/v1/targets/{_id(name)}"))
+
+
+for _verb in ("enable", "disable", "drain"):
+    target.command(_verb)(_target_verb(_verb))
+
+
+@target.command("remove")
+@click.argument("name")
+@pass_ctx
+def target_remove(ctx: Ctx, name: str) -> None:
+    """Remove a target that runs nothing."""
     ctx.client().call("DELETE", f"/api/v1/targets/{_id(name)}")
     show(ctx, {"removed": name})
 

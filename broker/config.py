@@ -44,6 +44,7 @@ class MonitorSection:
     interval: float = 5.0
     misses: int = 3
     history: int = 120
+    probe_timeout: float = 20.0
 
 
 @dataclasses.dataclass(frozen=True)

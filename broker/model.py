@@ -439,3 +439,12 @@ class Event(Base):
     to_state: Mapped[str] = mapped_column(String(16), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Quota(Base):
+    """A limit on what a user or a group may hold at once (absent: unlimited)."""
+
+    __tablename__ = "quotas"
+    subject_id: Mapped[str] = mapped_column(Id, primary_key=True)  # u-... or g-...
+    resource: Mapped[str] = mapped_column(String(32), primary_key=True)
+    limit: Mapped[float] = mapped_column()

@@ -24,7 +24,6 @@ from broker.service.instances import release
 from broker.states import ON_TARGET, State, can_move
 
 log = logging.getLogger(__name__)
-PROBE_TIMEOUT = 20.0
 _WATCHED = tuple(s.value for s in ON_TARGET if s is not State.EPILOG)
 
 
@@ -58,7 +57,7 @@ class Monitor:
         assert self.rt.backends is not None
         try:
             backend = await self.rt.backends.get(tid)
-            probe = await asyncio.wait_for(backend.probe(), PROBE_TIMEOUT)
+            probe = await asyncio.wait_for(backend.probe(), self.cfg.probe_timeout)
         except Exception as exc:  # any failure to answer counts as a miss
             await self._missed(tid, state, misses, name, exc)
             return
@@ -67,7 +66,7 @@ class Monitor:
         if not refs:
             return
         try:
-            seen = await asyncio.wait_for(backend.observe(list(refs)), PROBE_TIMEOUT)
+            seen = await asyncio.wait_for(backend.observe(list(refs)), self.cfg.probe_timeout)
         except Exception as exc:
             log.warning("observing %s failed: %s", name, exc)
             return

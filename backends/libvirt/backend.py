@@ -70,6 +70,7 @@ class LibvirtBackend:
         default_dir = Path(config.data_dir) / "hosts" / config.name
         self.dir = Path(str(config.settings.get("image_dir") or default_dir))
         self.stop_timeout = float(config.settings.get("stop_timeout", 60.0))
+        self.virt_type = str(config.settings.get("virt_type", "auto"))  # auto | kvm | qemu
         self._pool = ThreadPoolExecutor(
             max_workers=int(config.settings.get("threads", 4)),
             thread_name_prefix=f"libvirt-{config.name}",
@@ -87,6 +88,8 @@ class LibvirtBackend:
                 "a libvirt host needs --uri (qemu+ssh://, qemu:///system, xen+ssh://, test:///...)",
                 field="uri",
             )
+        if str(config.settings.get("virt_type", "auto")) not in ("auto", "kvm", "qemu"):
+            raise InvalidRequest("virt_type must be auto, kvm or qemu", field="virt_type")
         if config.hypervisor not in ("kvm", "xen"):
             raise InvalidRequest("hypervisor must be kvm or xen", field="hypervisor")
         backend = LibvirtBackend(config)
@@ -237,6 +240,8 @@ class LibvirtBackend:
         if self._caps is None:
             self._caps = conn.getCapabilities()
         domain_type = dom.choose_domain_type(self._caps, self.hypervisor, "x86_64")
+        if self.virt_type == "qemu" and domain_type == "kvm":
+            domain_type = "qemu"  # the operator says this host's KVM cannot be used
         kernel = root = None
         if spec.image_kind == "kernel":
             kernel = dom.KernelBoot(

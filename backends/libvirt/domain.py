@@ -310,7 +310,8 @@ def _devices(spec: DomainSpec, *, pv: bool) -> etree._Element:
         etree.SubElement(console, "target", type="xen", port="0")
     elif spec.console_log is not None:
         serial = etree.SubElement(devices, "serial", type="file")
-        etree.SubElement(serial, "source", path=spec.console_log)
+        # append: the log survives a reboot and a migration instead of starting over
+        etree.SubElement(serial, "source", path=spec.console_log, append="on")
         etree.SubElement(serial, "target", port="0")
     else:
         serial = etree.SubElement(devices, "serial", type="pty")
@@ -377,6 +378,8 @@ def _interface(nic: DomainNic, *, xen: bool) -> etree._Element:
     model = nic.model or (None if xen else "virtio")
     if model:
         etree.SubElement(iface, "model", type=model)
+    if not xen:
+        etree.SubElement(iface, "rom", enabled="no")  # no iPXE option ROM: we never net-boot
     return iface
 
 

@@ -24,7 +24,7 @@ from broker.errors import InvalidRequest, InvalidState, NotFound
 from broker.events import EventRecord, record, transition
 from broker.model import utcnow
 from broker.runtime import Runtime
-from broker.service import networks
+from broker.service import networks, quotas
 from broker.service.common import (
     Page,
     TagFilter,
@@ -233,7 +233,9 @@ async def _insert_launch(rt: Runtime, caller: Caller, req: LaunchRequest) -> lis
         groups = await _security_groups(conn, caller, req)
         zone = await _check_zone(conn, req.zone)
         net = await networks.pick_network(conn, caller, req.network_id, zone)
-        count = req.max_count
+        count = await quotas.admit_instances(
+            conn, caller, req.min_count, req.max_count, flavor[0], flavor[1]
+        )
         reservation = ids.new_id("reservation")
         now = utcnow()
         rids = [ids.new_id("instance") for _ in range(count)]

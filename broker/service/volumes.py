@@ -3,7 +3,8 @@
 A volume has a size of 1 to 16384 GiB and lives in a zone (a cluster, as for instances); one
 made from a snapshot is at least the snapshot's size. It attaches to one of the owner's live
 instances under a device name (``/dev/sdf``, ``/dev/xvdf``, ``/dev/vdb``...; the ``a`` disks are
-the root's) that is unique on that instance, and only in the instance's zone when it has one.
+the root's) that is unique on that instance, and only in the instance's zone when it has one
+(the zone asked for at launch, or else the cluster of the target it was placed on).
 
 What is carried out now and what later: no backend stores volumes yet, so creating one makes it
 ``available`` at once, attaching sets ``in-use`` with ``attach_state='attached'`` at once, and
@@ -294,6 +295,16 @@ async def _volume(conn: AsyncConnection, caller: Caller, volume_id: str) -> Any:
     return row
 
 
+async def _placed_zone(conn: AsyncConnection, instance_id: str) -> str | None:
+    """The cluster of the target an instance was placed on, when it was launched zoneless."""
+    return await conn.scalar(
+        select(m.Cluster.name)
+        .join(m.Target, m.Target.cluster_id == m.Cluster.id)
+        .join(m.Instance, m.Instance.target_id == m.Target.id)
+        .where(m.Instance.id == instance_id)
+    )
+
+
 def check_device(device: str) -> None:
     if not DEVICE.match(device):
         raise InvalidRequest(
@@ -324,6 +335,7 @@ async def attach(
         ).first()
         if inst is None:
             raise _not_found("instance", instance_id)
+        zone = inst[3] or await _placed_zone(conn, instance_id)
         authorize(
             caller, Ownership(inst[0], inst[1]), change=True, what="instance", rid=instance_id
         )
@@ -340,9 +352,9 @@ async def attach(
                 resource="instance",
                 state=inst[2],
             )
-        if inst[3] is not None and inst[3] != vol[3]:
+        if zone is not None and zone != vol[3]:
             raise InvalidRequest(
-                f"the volume '{volume_id}' is in {vol[3]} and the instance in {inst[3]}",
+                f"the volume '{volume_id}' is in {vol[3]} and the instance in {zone}",
                 resource="volume",
                 field="zone",
             )

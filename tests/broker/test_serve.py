@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "broker.cli"]
+CLI = [sys.executable, "-m", "broker"]
 
 
 def free_port() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from broker import model as m
 from broker.auth import SYSTEM, Caller
@@ -156,7 +156,22 @@ async def test_attach_checks_create_nothing(rt: Runtime, tenants: Tenants) -> No
             select(func.count()).select_from(m.Volume).where(m.Volume.instance_id.is_not(None))
         )
     assert attached == 0
-    anywhere = await make_instance(rt, alice, state="poweroff")  # no zone: any zone goes
+    placed = await make_instance(rt, alice)  # no zone asked: the target's cluster counts
+    async with rt.engine.begin() as conn:
+        cid = await targets.ensure_cluster(conn, zone)
+        await conn.execute(
+            insert(m.Target).values(
+                id="t-0123456789abcdef0", name="h9", kind="host", driver="x", cluster_id=cid
+            )
+        )
+        await conn.execute(
+            update(m.Instance)
+            .where(m.Instance.id == placed)
+            .values(target_id="t-0123456789abcdef0")
+        )
+    with pytest.raises(InvalidRequest):
+        await vols.attach(rt, alice, far.id, placed, "/dev/sdf")
+    anywhere = await make_instance(rt, alice, state="poweroff")  # not placed: any zone goes
     await vols.attach(rt, alice, far.id, anywhere, "/dev/xvdf")
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints one JSON object, with ratios against a baseline run alongside."""

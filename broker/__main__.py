@@ -1,0 +1,5 @@
+"""``python -m broker`` runs the ``cloudbroker`` command."""
+
+from broker.cli import main
+
+main()
