@@ -38,6 +38,7 @@ async def open_runtime(config: Config, *, migrate: bool | None = None) -> Runtim
         await db.upgrade(config.database_url)
     rt = Runtime(config)
     rt.backends = BackendRegistry(rt.engine, rt.box.open, str(config.data_path))
+    rt.policy_factory = plugins.load("cloudbroker.policies", "default")
     first = await seed(rt)
     if first and config.broker.local_host != "none":
         await add_local_host(rt)
@@ -69,8 +70,8 @@ def _ssl(section: ListenerSection) -> ssl.SSLContext | None:
 async def running(config: Config) -> AsyncIterator[Runtime]:
     """Everything up (listeners, scheduler, monitor) for the duration of the block."""
     rt = await open_runtime(config)
-    policy = plugins.load("cloudbroker.policies", "default")()
-    scheduler = Scheduler(rt, policy)
+    assert rt.policy_factory is not None
+    scheduler = Scheduler(rt, rt.policy_factory(), rt.policy_factory)
     monitor = Monitor(rt)
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[Any]] = []

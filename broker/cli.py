@@ -516,6 +516,73 @@ def target_remove(ctx: Ctx, name: str) -> None:
     show(ctx, {"removed": name})
 
 
+# --- placement and burst policy ---------------------------------------------------------------
+
+
+def _document(path: str) -> Any:
+    """A policy document from a TOML or JSON file."""
+    import tomllib
+
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        if path.endswith(".json") or text.lstrip().startswith("{"):
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        fail(f"{path}: {exc}")
+
+
+@main.group()
+def policy() -> None:
+    """The placement and burst policy: where instances go and when they burst."""
+
+
+@policy.command("set")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--comment", default="")
+@pass_ctx
+def policy_set(ctx: Ctx, path: str, comment: str) -> None:
+    """Validate and put a policy document (TOML or JSON) in force."""
+    show(
+        ctx,
+        ctx.client().call(
+            "PUT", "/api/v1/policy", {"document": _document(path), "comment": comment}
+        ),
+    )
+
+
+@policy.command("show")
+@pass_ctx
+def policy_show(ctx: Ctx) -> None:
+    """The policy in force."""
+    show(ctx, ctx.client().call("GET", "/api/v1/policy"))
+
+
+@policy.command("test")
+@click.argument("path", required=False, type=click.Path(exists=True, dir_okay=False))
+@pass_ctx
+def policy_test(ctx: Ctx, path: str | None) -> None:
+    """Where the pending instances would go under a document (default: the one in force)."""
+    data = {"document": _document(path)} if path else {}
+    res = ctx.client().call("POST", "/api/v1/policy/test", data)
+    if ctx.as_json:
+        show(ctx, res)
+        return
+    show(ctx, {"pending": res["pending"], "by_target": res["by_target"]})
+    show(ctx, res["decisions"], ["instance", "target", "reason"])
+
+
+@policy.command("history")
+@pass_ctx
+def policy_history(ctx: Ctx) -> None:
+    """Every version, newest first, with who set it."""
+    show(
+        ctx,
+        ctx.client().call("GET", "/api/v1/policy/history"),
+        ["version", "author", "created_at", "comment"],
+    )
+
+
 # --- images, flavors, networks -----------------------------------------------------------------
 
 

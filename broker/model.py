@@ -448,3 +448,14 @@ class Quota(Base):
     subject_id: Mapped[str] = mapped_column(Id, primary_key=True)  # u-... or g-...
     resource: Mapped[str] = mapped_column(String(32), primary_key=True)
     limit: Mapped[float] = mapped_column()
+
+
+class PolicyVersion(Base):
+    """Every burst and placement policy an operator set; the newest one is in force."""
+
+    __tablename__ = "policy_versions"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    author: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -45,6 +45,11 @@ class TargetSnapshot:
     zone: str = ""
     simulated: bool = False
     attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    arch: str = ""  # "" = any
+    prices: Mapping[str, float] = dataclasses.field(default_factory=dict)  # flavor -> USD/h
+    capacity_by_flavor: Mapping[str, int] | None = None  # what a region still takes, per flavor
+    running_by_flavor: Mapping[str, int] | None = None
+    affinity_groups: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,6 +70,11 @@ class PlacementRequest:
     requirements: str = ""
     rank: str = ""
     hops: int = 0
+    cluster: str | None = None
+    affinity_group: str = ""
+    affinity: str = ""  # affinity | anti-affinity
+    image_mappings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    pending_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,6 +93,22 @@ class PlacementPolicy(Protocol):
     def place(
         self, requests: Sequence[PlacementRequest], targets: Sequence[TargetSnapshot]
     ) -> list[Decision]: ...
+
+    def target_settings(self, target_name: str) -> Mapping[str, Any]:
+        """Extra backend settings the policy gives a target (name maps, prices)."""
+        ...
+
+
+class PolicyFactory(Protocol):
+    """The ``cloudbroker.policies`` plugin: builds a policy from the operator's document."""
+
+    def __call__(self) -> PlacementPolicy: ...
+
+    def from_document(self, data: Mapping[str, Any]) -> PlacementPolicy:
+        """Validate ``data`` (raising InvalidRequest with the bad field's path) and build."""
+        ...
+
+    def normalise_document(self, data: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from broker.db import create_engine
 
 if TYPE_CHECKING:
     from broker.plugins import BackendRegistry
+    from broker.protocols import PolicyFactory
 
 
 @dataclasses.dataclass(slots=True)
@@ -73,6 +74,7 @@ class Runtime:
         self.scheduler_wake = asyncio.Event()
         self.monitor_wake = asyncio.Event()
         self.backends: BackendRegistry | None = None
+        self.policy_factory: PolicyFactory | None = None
         self.clock: Callable[[], float] = time.time
         self.listeners: dict[str, str] = {}
 

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import itertools
 import logging
 from typing import Any
 
@@ -30,11 +31,11 @@ from broker.protocols import (
     NicSpec,
     Observed,
     PlacementPolicy,
-    PlacementRequest,
+    PolicyFactory,
 )
 from broker.runtime import Runtime
 from broker.service.instances import release
-from broker.snapshots import snapshot_targets
+from broker.snapshots import pending_requests, snapshot_targets
 from broker.states import Action, State, can_move
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,13 @@ class Work:
 
 
 class Scheduler:
-    def __init__(self, rt: Runtime, policy: PlacementPolicy) -> None:
+    def __init__(
+        self, rt: Runtime, policy: PlacementPolicy, factory: PolicyFactory | None = None
+    ) -> None:
         self.rt = rt
         self.policy = policy
+        self.factory = factory
+        self.policy_version: int | None = None
         self.cfg = rt.config.scheduler
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._per_target: dict[str, asyncio.Semaphore] = {}
@@ -100,7 +105,8 @@ class Scheduler:
 
     async def place(self) -> list[Decision]:
         async with self.rt.engine.connect() as conn:
-            requests = await self._pending(conn)
+            await self._refresh_policy(conn)
+            requests = await pending_requests(conn, self.cfg.batch, utcnow())
             if not requests:
                 return []
             targets = await snapshot_targets(conn)
@@ -153,30 +159,22 @@ class Scheduler:
                 )
         return decisions
 
-    async def _pending(self, conn: AsyncConnection) -> list[PlacementRequest]:
-        stmt = (
-            select(
-                m.Instance.id,
-                m.Instance.owner_id,
-                m.Instance.group_id,
-                m.Instance.vcpus,
-                m.Instance.memory_mb,
-                m.Instance.disk_gb,
-                m.Instance.flavor,
-                m.Instance.image_id,
-                m.Image.hypervisor,
-                m.Image.arch,
-                m.Instance.zone,
-                m.Instance.requirements,
-                m.Instance.rank,
-                m.Instance.hops,
+    async def _refresh_policy(self, conn: AsyncConnection) -> None:
+        """Use the newest stored policy: changes take effect without a restart."""
+        if self.factory is None:
+            return
+        row = (
+            await conn.execute(
+                select(m.PolicyVersion.id, m.PolicyVersion.document)
+                .order_by(m.PolicyVersion.id.desc())
+                .limit(1)
             )
-            .join(m.Image, m.Image.id == m.Instance.image_id)
-            .where(m.Instance.state == State.PENDING.value)
-            .order_by(m.Instance.created_at, m.Instance.id)
-            .limit(self.cfg.batch)
-        )
-        return [PlacementRequest(*r) for r in await conn.execute(stmt)]
+        ).first()
+        if row is None or row[0] == self.policy_version:
+            return
+        self.policy = self.factory.from_document(row[1])
+        self.policy_version = row[0]
+        log.info("placement policy version %s in force", row[0])
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -403,6 +401,7 @@ class Scheduler:
                         m.Instance.owner_id,
                         m.Target.settings,
                         m.Instance.hops,
+                        m.Target.name,
                     )
                     .join(m.Image, m.Image.id == m.Instance.image_id)
                     .join(m.Target, m.Target.id == m.Instance.target_id)
@@ -448,10 +447,12 @@ class Scheduler:
                     select(m.Tag.key, m.Tag.value).where(m.Tag.resource_id == work.instance_id)
                 )
             }
+        # the target's own settings win over the policy's maps for it
+        settings = {**self.policy.target_settings(row[18]), **(row[16] or {})}
         return LaunchSpec(
             instance_id=work.instance_id,
             target_id=work.target_id,
-            target_settings=row[16] or {},
+            target_settings=settings,
             hostname=row[0],
             vcpus=row[1],
             memory_mb=row[2],
@@ -484,11 +485,19 @@ def _result(intent: Action, seen: Observed | None) -> State:
     return AFTER[intent][0]
 
 
+EXPLAIN_TARGETS = 50
+
+
 def _explain(d: Decision) -> dict[str, Any]:
+    """What is kept of a decision: the reason and the first targets considered (bounded)."""
+    considered = dict(itertools.islice(d.considered.items(), EXPLAIN_TARGETS))
+    more = len(d.considered) - len(considered)
+    if more > 0:
+        considered["..."] = f"{more} more targets not kept"
     return {
         "target": d.target_id,
         "reason": d.reason,
-        "considered": dict(d.considered),
+        "considered": considered,
         "at": utcnow().isoformat(),
     }
 

@@ -1,15 +1,20 @@
 """One snapshot of every target for a placement cycle: capacity minus reservations minus what
-instances already hold, plus the latest monitoring sample, as plain :class:`TargetSnapshot`s.
+instances already hold, plus the latest monitoring sample, as plain :class:`TargetSnapshot`s;
+and the pending instances as :class:`PlacementRequest`s.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import model as m
-from broker.protocols import TargetSnapshot
-from broker.states import ON_TARGET
+from broker.protocols import PlacementRequest, TargetSnapshot
+from broker.states import ON_TARGET, State
 
 _HELD = tuple(s.value for s in ON_TARGET)
 
@@ -42,6 +47,14 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
             )
         )
     }
+    by_flavor: dict[str, dict[str, int]] = {}
+    for tid, flavor, n in await conn.execute(
+        select(m.Instance.target_id, m.Instance.flavor, func.count())
+        .join(m.Target, m.Target.id == m.Instance.target_id)
+        .where(m.Instance.state.in_(_HELD), m.Target.kind != "host")
+        .group_by(m.Instance.target_id, m.Instance.flavor)
+    ):
+        by_flavor.setdefault(str(tid), {})[flavor] = n
     rows = await conn.execute(
         select(
             m.Target.id,
@@ -101,6 +114,8 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
             price_per_hour=price,
             zone=cluster or "",
             simulated=simulated,
+            prices={str(k): float(v) for k, v in (settings.get("prices") or {}).items()},
+            running_by_flavor=by_flavor.get(tid, {}) if kind != "host" else None,
             attrs={
                 "NAME": name,
                 "KIND": kind,
@@ -117,4 +132,44 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
             },
         )
         out.append(snap)
+    return out
+
+
+_REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(PlacementRequest))[:14]
+
+
+async def pending_requests(
+    conn: AsyncConnection, batch: int, now: dt.datetime
+) -> list[PlacementRequest]:
+    """The oldest ``batch`` pending instances, as placement sees them."""
+    stmt = (
+        select(
+            m.Instance.id,
+            m.Instance.owner_id,
+            m.Instance.group_id,
+            m.Instance.vcpus,
+            m.Instance.memory_mb,
+            m.Instance.disk_gb,
+            m.Instance.flavor,
+            m.Instance.image_id,
+            m.Image.hypervisor,
+            m.Image.arch,
+            m.Instance.zone,
+            m.Instance.requirements,
+            m.Instance.rank,
+            m.Instance.hops,
+            m.Image.mappings,
+            m.Instance.created_at,
+        )
+        .join(m.Image, m.Image.id == m.Instance.image_id)
+        .where(m.Instance.state == State.PENDING.value)
+        .order_by(m.Instance.created_at, m.Instance.id)
+        .limit(batch)
+    )
+    out = []
+    for row in await conn.execute(stmt):
+        mappings = {str(k): str(v) for k, v in (row[14] or {}).items()}
+        age = max(0.0, (now - row[15]).total_seconds())
+        fields: dict[str, Any] = dict(zip(_REQUEST_FIELDS, row[:14], strict=True))
+        out.append(PlacementRequest(**fields, image_mappings=mappings, pending_seconds=age))
     return out

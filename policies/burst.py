@@ -107,6 +107,9 @@ class BurstTarget:
         return not self.allowed_groups or group in self.allowed_groups
 
     def instance_type(self, flavor: str) -> str | None:
+        """The target's instance type for our flavor; no map at all means the same names."""
+        if not self.flavor_map:
+            return flavor
         return _lookup(self.flavor_map, flavor)
 
     def image(self, image_id: str) -> str | None:

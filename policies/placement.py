@@ -85,6 +85,29 @@ class DefaultPolicy:
             max_hops=p.max_hops,
         )
 
+    @classmethod
+    def from_document(cls, data: Mapping[str, Any]) -> DefaultPolicy:
+        """A policy from an operator's document (``policy set``); bad fields raise with a path."""
+        return cls.from_policy(b.BurstPolicy.from_dict(dict(data)))
+
+    @staticmethod
+    def normalise_document(data: Mapping[str, Any]) -> dict[str, Any]:
+        """The document as stored: validated and with every default spelled out."""
+        return b.BurstPolicy.from_dict(dict(data)).to_dict()
+
+    def target_settings(self, target_name: str) -> dict[str, Any]:
+        """What the burst policy says a backend must translate for ``target_name``: our
+        flavors, images, key pairs and security groups to the target's, and its prices."""
+        for target in self.burst.targets:
+            if target.name == target_name:
+                out: dict[str, Any] = {}
+                for key in ("flavor_map", "image_map", "key_map", "security_group_map", "prices"):
+                    value = getattr(target, key)
+                    if value:
+                        out[key] = dict(value)
+                return out
+        return {}
+
     def ranker_for(self, req: PlacementRequest) -> Ranker:
         """The instance's own rank expression if it has a valid one, else the operator's."""
         if not req.rank:

@@ -575,7 +575,9 @@ class Ec2Backend:
     # --- launch ---------------------------------------------------------------------------
 
     async def launch(self, spec: LaunchSpec) -> Placement:
-        key = batching.run_key(spec, self.name, self.region, self.config.settings)
+        key = batching.run_key(
+            spec, self.name, self.region, {**self.config.settings, **spec.target_settings}
+        )
         rid = spec.instance_id
         pending = self._inflight.get(rid)
         if pending is not None:  # an earlier call's request is still out: share its answer

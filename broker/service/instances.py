@@ -267,10 +267,11 @@ async def _insert_launch(rt: Runtime, caller: Caller, req: LaunchRequest) -> lis
                     "updated_at": now,
                 }
             )
+        nics = await networks.plan_interfaces(conn, caller, net, rids, req.private_ip)
+        for row in rows:
+            row["private_ip"] = nics.addresses.get(row["id"])
         await conn.execute(insert(m.Instance), rows)
-        ips = await networks.attach_interfaces(conn, caller, net, rids, req.private_ip)
-        for rid, ip in ips.items():
-            await conn.execute(update(m.Instance).where(m.Instance.id == rid).values(private_ip=ip))
+        await networks.insert_interfaces(conn, nics)
         if groups:
             await conn.execute(
                 insert(m.InstanceSecurityGroup),

@@ -88,16 +88,25 @@ def _range(net: NetworkView) -> tuple[int, int]:
     return int(ipaddress.ip_address(net.range_start)), int(ipaddress.ip_address(net.range_end))
 
 
-async def attach_interfaces(
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlannedInterfaces:
+    """Interfaces and leases for a launch, worked out before anything is written."""
+
+    nics: list[dict[str, object]]
+    leases: list[dict[str, object]]
+    addresses: dict[str, str]
+
+
+async def plan_interfaces(
     conn: AsyncConnection,
     caller: Caller,
     net: NetworkView | None,
     rids: Sequence[str],
     fixed_ip: str | None,
-) -> dict[str, str]:
-    """Give each instance an interface and a lease on ``net``; return instance -> address."""
+) -> PlannedInterfaces:
+    """An interface and a lease on ``net`` for each instance (lowest free addresses first)."""
     if net is None or not rids:
-        return {}
+        return PlannedInterfaces([], [], {})
     if fixed_ip is not None and len(rids) > 1:
         raise InvalidRequest(
             "a private address can be given to one instance only", field="PrivateIpAddress"
@@ -132,10 +141,10 @@ async def attach_interfaces(
                 resource="network",
                 field="InsufficientFreeAddresses",
             )
-    nics, leases, out = [], [], {}
+    plan = PlannedInterfaces([], [], {})
     for rid, ip_int in zip(rids, chosen, strict=True):
         ip, mac, nic = str(ipaddress.ip_address(ip_int)), new_mac(), ids.new_id("interface")
-        nics.append(
+        plan.nics.append(
             {
                 "id": nic,
                 "instance_id": rid,
@@ -146,11 +155,16 @@ async def attach_interfaces(
                 "ip": ip,
             }
         )
-        leases.append({"network_id": net.id, "ip": ip, "mac": mac, "interface_id": nic})
-        out[rid] = ip
-    await conn.execute(insert(m.NetworkInterface), nics)
-    await conn.execute(insert(m.Lease), leases)
-    return out
+        plan.leases.append({"network_id": net.id, "ip": ip, "mac": mac, "interface_id": nic})
+        plan.addresses[rid] = ip
+    return plan
+
+
+async def insert_interfaces(conn: AsyncConnection, plan: PlannedInterfaces) -> None:
+    """Write what :func:`plan_interfaces` worked out (after the instances exist)."""
+    if plan.nics:
+        await conn.execute(insert(m.NetworkInterface), plan.nics)
+        await conn.execute(insert(m.Lease), plan.leases)
 
 
 async def release_interfaces(conn: AsyncConnection, rids: Sequence[str]) -> None:

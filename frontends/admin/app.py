@@ -18,7 +18,16 @@ from aiohttp import web
 from broker import errors
 from broker.auth import Caller
 from broker.runtime import Runtime
-from broker.service import flavors, images, imagestore, instances, networks, targets, users
+from broker.service import (
+    flavors,
+    images,
+    imagestore,
+    instances,
+    networks,
+    policies,
+    targets,
+    users,
+)
 from broker.service.common import TagFilter
 from broker.states import Action, State
 from frontends.admin import views
@@ -383,6 +392,29 @@ async def instance_console(request: web.Request) -> web.Response:
     return reply({"output": text, "at": at})
 
 
+async def policy_show(request: web.Request) -> web.Response:
+    found = await policies.current(rt_of(request), await caller_of(request))
+    return reply(found if found is not None else {"version": None, "document": None})
+
+
+async def policy_set(request: web.Request) -> web.Response:
+    caller, data = await caller_of(request), await body(request)
+    view = await policies.set_policy(
+        rt_of(request), caller, data.get("document"), views.text(data, "comment", "")
+    )
+    return reply(view, 201)
+
+
+async def policy_history(request: web.Request) -> web.Response:
+    limit = views.query_int(request.query, "limit") or 50
+    return reply(await policies.history(rt_of(request), await caller_of(request), limit))
+
+
+async def policy_test(request: web.Request) -> web.Response:
+    caller, data = await caller_of(request), await body(request)
+    return reply(await policies.test_policy(rt_of(request), caller, data.get("document")))
+
+
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
     ("GET", "/api/v1/health", health),
     ("GET", "/api/v1/whoami", whoami),
@@ -403,6 +435,10 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("PUT", "/api/v1/images/{id}/data", image_upload),
     ("GET", "/api/v1/images/{id}", image_show),
     ("DELETE", "/api/v1/images/{id}", image_remove),
+    ("GET", "/api/v1/policy", policy_show),
+    ("PUT", "/api/v1/policy", policy_set),
+    ("GET", "/api/v1/policy/history", policy_history),
+    ("POST", "/api/v1/policy/test", policy_test),
     ("GET", "/api/v1/flavors", flavor_list),
     ("POST", "/api/v1/flavors", flavor_create),
     ("GET", "/api/v1/networks", network_list),

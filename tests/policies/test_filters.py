@@ -145,13 +145,8 @@ def test_arch() -> None:
     assert passes(ArchMatch(), host(arch="amd64"), req(arch="x86_64"))
     assert not passes(ArchMatch(), host(arch="aarch64"), req(arch="x86_64"))
     assert passes(ArchMatch(), host(arch=""), req(arch="aarch64"))
-    # without the proposed field, ARCH in attrs is used
-    plain = TargetSnapshot(
-        **{f.name: getattr(host(), f.name) for f in dataclasses.fields(TargetSnapshot)}
-    )
-    assert passes(
-        ArchMatch(), dataclasses.replace(plain, attrs={"ARCH": "arm64"}), req(arch="aarch64")
-    )
+    # a target that does not say its architecture but has ARCH among its attributes
+    assert passes(ArchMatch(), host(arch="", attrs={"ARCH": "arm64"}), req(arch="aarch64"))
     assert same_arch("ARM64", "aarch64") and not same_arch("i386", "x86_64")
 
 

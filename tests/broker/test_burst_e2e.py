@@ -1,0 +1,154 @@
+"""Bursting end to end: a small local cluster fills, the next launches go to the EC2 regions of
+the stored policy in its order (moto's server standing in for EC2), a budget stops bursting,
+and ``explain`` says why for each instance. Real parts: libvirt's test driver host, the EC2
+backend over HTTP, the scheduler with the policy read from the database."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from backends.libvirt.local import simulated_node_file
+from broker.auth import SYSTEM
+from broker.errors import InvalidRequest
+from broker.monitor import Monitor
+from broker.runtime import Runtime
+from broker.scheduler import Scheduler
+from broker.service import images, instances, policies, targets
+from broker.service.instances import LaunchRequest
+from broker.states import State
+from frontends.admin.views import explanation
+from tests.conftest import make_user
+
+CREDS = {"access_key": "testing", "secret_key": "testing"}
+FAST = {
+    "connect_timeout": 1.0,
+    "read_timeout": 2.0,
+    "call_timeout": 15.0,
+    "batch_window": 0.02,
+    "observe_reuse": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def remote_ami(url: str, region: str) -> str:
+    ec2 = boto3.client(
+        "ec2",
+        region_name=region,
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return str(ec2.register_image(Name="web", RootDeviceName="/dev/sda1")["ImageId"])
+
+
+async def settle(rt: Runtime, sched: Scheduler, monitor: Monitor) -> None:
+    for _ in range(3):
+        await monitor.cycle()
+        await sched.cycle()
+        await sched.drain()
+
+
+async def test_fill_local_then_burst_in_order_until_the_budget(
+    sqlite_rt: Runtime, moto_url: str, tmp_path: Path
+) -> None:
+    rt = sqlite_rt
+    node = tmp_path / "small.xml"
+    node.write_text(
+        simulated_node_file(tmp_path)
+        .read_text()
+        .replace("<active>16</active>", "<active>4</active>")
+        .replace("<cores>16</cores>", "<cores>4</cores>")
+    )
+    await targets.add(
+        rt,
+        SYSTEM,
+        name="local",
+        kind="host",
+        driver="libvirt",
+        hypervisor="kvm",
+        settings={"uri": f"test://{node}"},
+        simulated=True,
+    )
+    amis = {}
+    for name, region in (("east", "us-east-1"), ("west", "eu-west-1")):
+        amis[name] = remote_ami(moto_url, region)
+        await targets.add(
+            rt,
+            SYSTEM,
+            name=name,
+            kind="region",
+            driver="ec2",
+            secret=CREDS,
+            settings={"region": region, "endpoint": moto_url, "broker_id": "cb-e2e", **FAST},
+        )
+    image = await images.register(
+        rt, SYSTEM, images.ImageSpec(name="web", kind="kernel", kernel="/k", visibility="public")
+    )
+    document: dict[str, Any] = {
+        "default": {"trigger": "no_local_fit"},
+        "targets": [
+            {
+                "name": "east",
+                "max_instances": 2,
+                "image_map": {image.id: amis["east"]},
+                "prices": {"t3.micro": 0.10},
+            },
+            {
+                "name": "west",
+                "max_spend_per_hour": 0.25,
+                "image_map": {image.id: amis["west"]},
+                "prices": {"t3.micro": 0.10},
+            },
+        ],
+    }
+    bad = {**document, "targets": [{**document["targets"][0], "max_spend_per_hour": -1}]}
+    with pytest.raises(InvalidRequest, match="targets"):
+        await policies.set_policy(rt, SYSTEM, bad)
+    assert await policies.current(rt, SYSTEM) is None
+    version = await policies.set_policy(rt, SYSTEM, document, "burst east then west")
+    assert version.version == 1 and version.author == "system"
+    assert rt.policy_factory is not None
+    sched = Scheduler(rt, rt.policy_factory(), rt.policy_factory)
+    monitor = Monitor(rt)
+    alice = await make_user(rt, "alice")
+    made = []
+    for _ in range(7):  # 2 local (4 CPUs), 2 east (limit), 2 west (0.25 $/h), 1 waits
+        made += await instances.launch(rt, alice, LaunchRequest(image.id, "t3.micro"))
+        await settle(rt, sched, monitor)
+    views = [await instances.get(rt, alice, i.id) for i in made]
+    assert [v.target_name for v in views] == [
+        "local",
+        "local",
+        "east",
+        "east",
+        "west",
+        "west",
+        None,
+    ]
+    assert all(v.state is State.RUNNING for v in views[:6]), [v.state_reason for v in views]
+    assert views[6].state is State.PENDING
+    why = await explanation(rt, alice, made[6].id)
+    assert "budget of west" in why["waiting_for"] and "limit of east" in why["waiting_for"]
+    burst = await explanation(rt, alice, made[4].id)
+    assert burst["target"] == "west" and "east" in burst["reason"]
+    tested = await policies.test_policy(rt, SYSTEM, {**document, "targets": []})
+    assert tested["pending"] == 1 and tested["by_target"] == {"(waits)": 1}
+    assert len(await policies.history(rt, SYSTEM)) == 1
