@@ -31,6 +31,7 @@ class Monitor:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.cfg = rt.config.monitor
+        self._reported: set[tuple[str, str]] = set()
 
     async def run(self) -> None:
         while True:
@@ -46,14 +47,16 @@ class Monitor:
         async with self.rt.engine.connect() as conn:
             targets = (
                 await conn.execute(
-                    select(m.Target.id, m.Target.state, m.Target.misses, m.Target.name)
+                    select(
+                        m.Target.id, m.Target.state, m.Target.misses, m.Target.name, m.Target.kind
+                    )
                 )
             ).all()
         async with asyncio.TaskGroup() as tg:
-            for tid, state, misses, name in targets:
-                tg.create_task(self.check(tid, state, misses, name))
+            for tid, state, misses, name, kind in targets:
+                tg.create_task(self.check(tid, state, misses, name, kind))
 
-    async def check(self, tid: str, state: str, misses: int, name: str) -> None:
+    async def check(self, tid: str, state: str, misses: int, name: str, kind: str = "host") -> None:
         assert self.rt.backends is not None
         try:
             backend = await self.rt.backends.get(tid)
@@ -63,14 +66,42 @@ class Monitor:
             return
         await self._answered(tid, state, probe)
         refs = await self._watched(tid)
-        if not refs:
-            return
+        if not refs and kind == "host":
+            return  # regions and peers are still asked: they report unmanaged instances
         try:
             seen = await asyncio.wait_for(backend.observe(list(refs)), self.cfg.probe_timeout)
         except Exception as exc:
             log.warning("observing %s failed: %s", name, exc)
             return
         await self.reconcile(refs, seen)
+        await self._unmanaged(tid, name, [o for o in seen if o.ref not in refs])
+
+    async def _unmanaged(self, tid: str, name: str, extra: list[Observed]) -> None:
+        """Record, once each, instances a target runs for us that we have no record of."""
+        new = [
+            o
+            for o in extra
+            if o.reason.startswith("unmanaged") and (tid, o.ref) not in self._reported
+        ]
+        if not new:
+            return
+        async with self.rt.engine.begin() as conn:
+            await record(
+                conn,
+                [
+                    EventRecord(
+                        tid,
+                        "unmanaged",
+                        "monitor",
+                        message=f"{name} runs {o.ref}, "
+                        "which carries our tag but matches no instance of ours",
+                        detail={"ref": o.ref, "instance": o.instance_id},
+                    )
+                    for o in new
+                ],
+            )
+        self._reported.update((tid, o.ref) for o in new)
+        log.warning("target %s runs %d unmanaged instance(s)", name, len(new))
 
     async def _answered(self, tid: str, state: str, probe: TargetProbe) -> None:
         now = utcnow()

@@ -13,8 +13,10 @@ from typing import Any
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from sqlalchemy import select
 
 from backends.libvirt.local import simulated_node_file
+from broker import model as m
 from broker.auth import SYSTEM
 from broker.errors import InvalidRequest
 from broker.monitor import Monitor
@@ -152,3 +154,48 @@ async def test_fill_local_then_burst_in_order_until_the_budget(
     tested = await policies.test_policy(rt, SYSTEM, {**document, "targets": []})
     assert tested["pending"] == 1 and tested["by_target"] == {"(waits)": 1}
     assert len(await policies.history(rt, SYSTEM)) == 1
+
+
+async def test_an_unmanaged_tagged_instance_becomes_an_event(
+    sqlite_rt: Runtime, moto_url: str
+) -> None:
+    rt = sqlite_rt
+    region = await targets.add(
+        rt,
+        SYSTEM,
+        name="east",
+        kind="region",
+        driver="ec2",
+        secret=CREDS,
+        settings={"region": "us-east-1", "endpoint": moto_url, "broker_id": "cb-unmanaged", **FAST},
+    )
+    ec2 = boto3.client(
+        "ec2",
+        region_name="us-east-1",
+        endpoint_url=moto_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    stray = ec2.run_instances(
+        ImageId=remote_ami(moto_url, "us-east-1"),
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [{"Key": "cloudbroker:broker", "Value": "cb-unmanaged"}],
+            }
+        ],
+    )["Instances"][0]["InstanceId"]
+    monitor = Monitor(rt)
+    for _ in range(3):  # the backend reports an instance once it has seen it twice
+        await monitor.cycle()
+    async with rt.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(m.Event.message, m.Event.detail).where(
+                    m.Event.resource_id == region.id, m.Event.kind == "unmanaged"
+                )
+            )
+        ).all()
+    assert len(rows) == 1 and rows[0][1]["ref"] == stray and stray in rows[0][0]
