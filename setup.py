@@ -51,6 +51,8 @@ setup(
         "console_scripts": ["cloudbroker = broker.cli:main"],
         "cloudbroker.frontends": [
             "admin = frontends.admin.app:create_app",
+            "ec2 = frontends.ec2.app:create_app",
+            "occi = frontends.occi.app:create_app",
         ],
         "cloudbroker.backends": [
             "libvirt = backends.libvirt.backend:LibvirtBackend",

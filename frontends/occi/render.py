@@ -222,10 +222,31 @@ def _action_link(location: str, action: str, base: str) -> str:
 def _text(media: str, fields: Sequence[tuple[str, Sequence[str]]]) -> Rendered:
     """``fields`` as body lines (text/plain) or as headers with body OK (text/occi)."""
     if media == TEXT_OCCI:
-        headers = tuple((name, ", ".join(values)) for name, values in fields if values)
+        headers = tuple((name, value) for name, values in fields for value in _packed(values))
         return Rendered(TEXT_OCCI, b"OK", headers)
     lines = [f"{name}: {value}\n" for name, values in fields for value in values]
     return Rendered(media, "".join(lines).encode("utf-8"))
+
+
+#: A text/occi header line longer than this is split into repeated headers of the same name
+#: (RFC 9110 s. 5.3: the same meaning), so each line stays within common server limits (8 KiB).
+MAX_HEADER_VALUE = 4000
+
+
+def _packed(values: Sequence[str]) -> list[str]:
+    """Comma-joined values, as few header lines as fit under :data:`MAX_HEADER_VALUE` each."""
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for value in values:
+        if current and size + 2 + len(value) > MAX_HEADER_VALUE:
+            out.append(", ".join(current))
+            current, size = [], 0
+        current.append(value)
+        size += len(value) + 2
+    if current:
+        out.append(", ".join(current))
+    return out
 
 
 def _format(media: str) -> str:

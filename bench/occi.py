@@ -1,0 +1,193 @@
+"""OCCI frontend throughput: a 1,000-compute collection GET and compute creates, over HTTP.
+
+One run, one machine, one SQLite database. A user owns 1,000 computes (launched in one batch,
+left pending: no scheduler runs). Figures, each the median of ``--repeat`` timed requests over
+one keep-alive connection:
+
+- ``get_<rendering>_ms``: GET /compute/ in text/plain, text/uri-list and application/occi+json;
+- ``bare_<rendering>_ms``: the baseline, a bare aiohttp handler on the same loop returning the
+  same bytes with the same content type; ``ratio_<rendering>`` = ours / bare (target <= 3);
+- ``creates_per_s``: POST /compute/ (text/plain, os_tpl + resource_tpl) with ``--concurrency``
+  clients for ``--creates`` requests (target >= 1,000/s); ``bare_posts_per_s`` the same
+  requests against the bare handler.
+
+``python -m bench.occi`` prints one JSON object on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy import insert
+
+from broker import model as m
+from broker.app import open_runtime
+from broker.auth import SYSTEM, Caller
+from broker.config import from_mapping
+from broker.service import images, instances, targets, users
+from frontends.occi.app import create_app
+
+INFRA = "http://schemas.ogf.org/occi/infrastructure#"
+OS = "http://schemas.cloudbroker.org/occi/templates/os#"
+RES = "http://schemas.cloudbroker.org/occi/templates/resource#"
+RENDERINGS = {
+    "text_plain": "text/plain",
+    "uri_list": "text/uri-list",
+    "json": "application/occi+json",
+}
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+async def _timed_gets(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], repeat: int
+) -> tuple[float, bytes, str]:
+    times: list[float] = []
+    body, ctype = b"", ""
+    for _ in range(repeat + 2):
+        start = time.perf_counter()
+        async with session.get(url, headers=headers) as resp:
+            body = await resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+            assert resp.status == 200, (resp.status, body[:200])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:]) * 1000, body, ctype
+
+
+async def _posts(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    total: int,
+    concurrency: int,
+) -> float:
+    left = total
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            async with session.post(url, headers=headers, data=body) as resp:
+                await resp.read()
+                assert resp.status == 201, resp.status
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - start)
+
+
+async def _setup(tmp: Path) -> tuple[Any, Caller, str, str, str]:
+    cfg = from_mapping(
+        {"broker": {"data_dir": str(tmp), "local_host": "none", "seed": False}}, env={}
+    )
+    rt = await open_runtime(cfg, migrate=True)
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            insert(m.Flavor).values(name="m1.small", vcpus=1, memory_mb=2048, disk_gb=10)
+        )
+        await targets.ensure_cluster(conn, "bench-a")
+    image = await images.register(
+        rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")
+    )
+    creds = await users.create_user(rt, SYSTEM, "bench")
+    caller = Caller(creds.user.id, creds.user.name, creds.user.group_id, creds.user.role)
+    await instances.launch(
+        rt, caller, instances.LaunchRequest(image.id, "m1.small", min_count=1000, max_count=1000)
+    )
+    basic = base64.b64encode(f"{creds.access_key}:{creds.secret_key}".encode()).decode()
+    return rt, caller, image.id, "Basic " + basic, creds.access_key
+
+
+async def run(repeat: int, creates: int, concurrency: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        rt, _caller, image_id, auth, _ = await _setup(Path(tmpdir))
+        ours, ours_url = await _serve(create_app(rt))
+        replies: dict[str, tuple[bytes, str]] = {}
+
+        async def bare_get(request: web.Request) -> web.Response:
+            body, ctype = replies[request.headers["Accept"]]
+            return web.Response(body=body, headers={"Content-Type": ctype})
+
+        created = b""
+
+        async def bare_post(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(body=created, status=201, headers={"Location": "/compute/x"})
+
+        bare_app = web.Application()
+        bare_app.router.add_get("/compute/", bare_get)
+        bare_app.router.add_post("/compute/", bare_post)
+        bare, bare_url = await _serve(bare_app)
+        out: dict[str, Any] = {"computes": 1000, "repeat": repeat}
+        try:
+            connector = aiohttp.TCPConnector(limit=concurrency)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                for name, accept in RENDERINGS.items():
+                    headers = {"Authorization": auth, "Accept": accept}
+                    ms, body, ctype = await _timed_gets(
+                        session, ours_url + "/compute/", headers, repeat
+                    )
+                    replies[accept] = (body, ctype)
+                    base, _, _ = await _timed_gets(session, bare_url + "/compute/", headers, repeat)
+                    out[f"get_{name}_ms"] = round(ms, 3)
+                    out[f"bare_{name}_ms"] = round(base, 3)
+                    out[f"ratio_{name}"] = round(ms / base, 2)
+                    out[f"{name}_bytes"] = len(body)
+                post_body = (
+                    f'Category: compute; scheme="{INFRA}"; class="kind"\n'
+                    f'Category: {image_id}; scheme="{OS}"; class="mixin"\n'
+                    f'Category: m1.small; scheme="{RES}"; class="mixin"\n'
+                ).encode()
+                headers = {"Authorization": auth, "Content-Type": "text/plain"}
+                async with session.post(
+                    ours_url + "/compute/", headers=headers, data=post_body
+                ) as resp:
+                    created = await resp.read()
+                    assert resp.status == 201, created
+                rate = await _posts(
+                    session, ours_url + "/compute/", headers, post_body, creates, concurrency
+                )
+                base_rate = await _posts(
+                    session, bare_url + "/compute/", headers, post_body, creates, concurrency
+                )
+                out["creates"] = creates
+                out["creates_per_s"] = round(rate, 1)
+                out["bare_posts_per_s"] = round(base_rate, 1)
+                out["ratio_creates"] = round(base_rate / rate, 2)
+        finally:
+            await ours.cleanup()
+            await bare.cleanup()
+            await rt.aclose()
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--creates", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.repeat, args.creates, args.concurrency))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

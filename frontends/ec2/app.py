@@ -1,0 +1,126 @@
+"""The EC2 Query API application: read, authenticate, dispatch, render, in that order.
+
+Every request is parsed from its raw bytes (:mod:`frontends.ec2.protocol`), verified with
+SigV4 or SigV2 against the caller's secret (:mod:`frontends.ec2.signing`, 15 minutes of clock
+skew, "now" from ``rt.clock`` so tests can replay captured traffic), then handed to the one
+handler the action table names. Every error, from any step, becomes an EC2 error document
+through the one table in :mod:`frontends.ec2.errors`. Secrets and signatures are never logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Final
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from broker.auth import Caller
+from broker.errors import BrokerError
+from broker.runtime import Runtime
+from frontends.ec2 import render
+from frontends.ec2.actions import ACTIONS
+from frontends.ec2.errors import WireError, classify
+from frontends.ec2.protocol import (
+    Call,
+    Params,
+    check_content_type,
+    read_body,
+    request_params,
+    version_of,
+)
+from frontends.ec2.signing import SignedRequest, Verifier
+
+log = logging.getLogger(__name__)
+
+MAX_SKEW: Final = 900.0
+RUNTIME: Final = web.AppKey("runtime", Runtime)
+VERIFIER: Final = web.AppKey("verifier", Verifier)
+CLOCK: Final[web.AppKey[Callable[[], dt.datetime]]] = web.AppKey("clock")
+_MAX_KEY: Final = 128
+
+
+def _claimed_key(headers: Mapping[str, str], query: str, params: Mapping[str, str]) -> str | None:
+    """The access key the request says it was signed with (checked by the verifier after)."""
+    auth = headers.get("Authorization", "")
+    _, found, rest = auth.partition("Credential=")
+    if found:
+        return rest.split("/", 1)[0].strip() or None
+    for piece in query.split("&"):
+        name, _, value = piece.partition("=")
+        if name == "X-Amz-Credential":
+            return unquote(value).split("/", 1)[0] or None
+    return params.get("AWSAccessKeyId") or None
+
+
+async def authenticate(
+    request: web.Request, params: Params, path: str, query: str, body: bytes
+) -> Caller:
+    """The caller who signed this request, or :class:`SignatureError`."""
+    app = request.app
+    key = _claimed_key(request.headers, query, params)
+    found = None
+    if key is not None and len(key) <= _MAX_KEY:
+        found = await app[RUNTIME].caller_for_key(key)
+
+    def secret_for(access_key: str) -> str | None:
+        return found[1] if found is not None and access_key == key else None
+
+    signed = SignedRequest(request.method, path, query, request.headers, body)
+    app[VERIFIER].verify(signed, params, secret_for, app[CLOCK]())
+    assert found is not None  # the verifier refuses a key without a secret
+    return found[0]
+
+
+async def handle(request: web.Request) -> web.Response:
+    request_id = str(uuid.uuid4())
+    action = "-"
+    try:
+        check_content_type(request)
+        body = await read_body(request)
+        path, _, query = request.raw_path.partition("?")
+        params = Params(
+            request_params(request.method, query.encode("utf-8", "surrogateescape"), body)
+        )
+        caller = await authenticate(request, params, path, query, body)
+        action = params.get("Action", "")
+        if not action:
+            raise WireError("MissingAction", "The request must contain the parameter Action")
+        handler = ACTIONS.get(action)
+        if handler is None:
+            raise WireError(
+                "InvalidAction", f"The action {action[:64]} is not valid for this web service."
+            )
+        version = version_of(params)
+        root = render.envelope(action, version, request_id)
+        call = Call(request.app[RUNTIME], caller, params, action, version, request_id, request.host)
+        await handler(call, root)
+    except (BrokerError, Exception) as exc:
+        status, code, message = classify(exc)
+        if status >= 500 and not isinstance(exc, BrokerError):
+            log.exception("EC2 %s failed (request %s)", action[:64], request_id)
+        else:
+            log.info("EC2 %s -> %s %s (request %s)", action[:64], status, code, request_id)
+        return web.Response(
+            body=render.error(code, message, request_id),
+            status=status,
+            content_type="text/xml",
+            headers={"x-amzn-RequestId": request_id},
+        )
+    return web.Response(
+        body=render.serialize(root),
+        content_type="text/xml",
+        headers={"x-amzn-RequestId": request_id},
+    )
+
+
+def create_app(rt: Runtime) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = rt
+    app[VERIFIER] = Verifier(max_skew=MAX_SKEW)
+    app[CLOCK] = lambda: dt.datetime.fromtimestamp(rt.clock(), dt.UTC)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app

@@ -1,0 +1,113 @@
+"""Decides how replies look on the wire: the EC2 XML envelope, lists, times and errors.
+
+Every reply is built once with lxml in the namespace ``http://ec2.amazonaws.com/doc/VERSION/``
+(the client's own Version), with ``requestId`` first. Lists are ``<item>`` elements, booleans
+``true``/``false``, times ISO 8601 UTC with milliseconds. Untrusted text reaches XML only through
+lxml, which escapes it (and refuses control characters, which we drop first).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final, TypeAlias
+
+from lxml import etree  # type: ignore[import-untyped, unused-ignore]
+
+DEFAULT_VERSION: Final = "2016-11-15"
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+Element: TypeAlias = etree._Element
+
+
+def namespace(version: str) -> str:
+    return f"http://ec2.amazonaws.com/doc/{version}/"
+
+
+def envelope(action: str, version: str, request_id: str) -> Element:
+    """The ``<ActionResponse>`` root with its ``requestId``."""
+    root = etree.Element(f"{action}Response", nsmap={None: namespace(version)})
+    text(root, "requestId", request_id)
+    return root
+
+
+def serialize(root: Element) -> bytes:
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def _clean(value: str) -> str:
+    return _CONTROL.sub("", value)
+
+
+def text(parent: Element, tag: str, value: str | int | bool | None) -> Element:
+    """A child ``<tag>value</tag>`` (booleans as true/false, None as an empty element)."""
+    el = etree.SubElement(parent, tag)
+    if isinstance(value, bool):
+        el.text = "true" if value else "false"
+    elif value is not None:
+        el.text = _clean(str(value))
+    return el
+
+
+def opt(parent: Element, tag: str, value: str | int | None) -> None:
+    """A child only when there is a value (EC2 leaves out what it does not know)."""
+    if value is not None and value != "":
+        text(parent, tag, value)
+
+
+def node(parent: Element, tag: str) -> Element:
+    return etree.SubElement(parent, tag)
+
+
+def item(parent: Element) -> Element:
+    return etree.SubElement(parent, "item")
+
+
+def timestamp(value: dt.datetime) -> str:
+    """``2026-11-25T13:48:21.177Z``: UTC with milliseconds."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def return_true(root: Element) -> None:
+    text(root, "return", True)
+
+
+def tag_set(parent: Element, tags: Mapping[str, str]) -> None:
+    """``<tagSet>`` with one item per tag, left out when there are none (as EC2 does)."""
+    if not tags:
+        return
+    box = node(parent, "tagSet")
+    for key in sorted(tags):
+        it = item(box)
+        text(it, "key", key)
+        text(it, "value", tags[key])
+
+
+def values(parent: Element, tag: str, entries: Iterable[str], inner: str) -> Element:
+    """``<tag><item><inner>v</inner></item>...</tag>``."""
+    box = node(parent, tag)
+    for entry in entries:
+        text(item(box), inner, entry)
+    return box
+
+
+def strings(parent: Element, tag: str, entries: Iterable[str]) -> Element:
+    """``<tag><item>v</item>...</tag>``."""
+    box = node(parent, tag)
+    for entry in entries:
+        text(box, "item", entry)
+    return box
+
+
+def error(code: str, message: str, request_id: str) -> bytes:
+    """The EC2 error document (no namespace, ``RequestID`` with a capital D, as AWS sends)."""
+    root = etree.Element("Response")
+    err = etree.SubElement(etree.SubElement(root, "Errors"), "Error")
+    text(err, "Code", code)
+    text(err, "Message", message)
+    text(root, "RequestID", request_id)
+    return serialize(root)
