@@ -1,0 +1,426 @@
+"""EC2 Query API throughput: cloudbroker against moto's server, and against a bare aiohttp handler.
+
+Both servers run on this machine in their own processes and get the same requests in one run:
+
+- ``run_one``: RunInstances of one instance;
+- ``describe_all``: DescribeInstances of all 1,000 instances (``MaxResults=1000``, one page);
+- ``describe_one``: DescribeInstances of one instance id with 1,000 present.
+
+cloudbroker is ``python -m broker --config <tmp> serve`` on SQLite with a simulated local host
+(libvirt's test driver, sized so 1,000 small instances fit) and a bench user made with
+:mod:`broker.service.users` before the server starts; moto is ``python -m moto.server``. Load
+comes from ``--workers`` client processes, each sending one pre-built SigV4-signed request (signed
+with botocore's ``SigV4Auth``) again and again over one keep-alive socket, reading each reply by
+its Content-Length: a few microseconds of client work per request, so the server is what is
+measured. The baseline for the per-request cost is a bare aiohttp handler (its own process)
+returning the very bytes of cloudbroker's ``describe_one`` answer: ``describe_one_cost_vs_bare``
+is how many times longer cloudbroker takes per request (target: at most 3). boto3's end-to-end
+latency (one client, one request at a time) is shown beside for each call and server.
+
+``python -m bench.ec2`` prints one JSON object on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+VERSION = "2016-11-15"
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
+OURS_REGION = "cloudbroker-1"
+MOTO_REGION = "us-east-1"
+#: a simulated host large enough for the instances the bench launches (libvirt test driver)
+BIG_NODE = """<node>
+  <cpu><mhz>2000</mhz><model>x86_64</model><active>4096</active><nodes>1</nodes>
+       <sockets>1</sockets><cores>4096</cores><threads>1</threads></cpu>
+  <memory>4294967296</memory>
+</node>
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+# --- the load generator ------------------------------------------------------------------------
+
+
+def signed_request(port: int, region: str, key: str, secret: str, params: dict[str, str]) -> bytes:
+    """The raw bytes of one SigV4-signed POST, as botocore would send them."""
+    body = urlencode({"Version": VERSION, **params}).encode()
+    url = f"http://127.0.0.1:{port}/"
+    req = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": FORM})
+    SigV4Auth(Credentials(key, secret), "ec2", region).add_auth(req)
+    lines = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{k}: {v}" for k, v in req.headers.items() if k.lower() != "host"]
+    lines += [f"Content-Length: {len(body)}", "Connection: keep-alive", "", ""]
+    return "\r\n".join(lines).encode() + body
+
+
+class Conn:
+    """One keep-alive connection that sends raw requests and reads replies by Content-Length."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        return sock
+
+    def _read(self, sock: socket.socket) -> bytes:
+        data = sock.recv(262144)
+        if not data:
+            raise ConnectionError("closed")
+        return data
+
+    def roundtrip(self, raw: bytes) -> tuple[int, bytes]:
+        for attempt in (0, 1):
+            if self.sock is None:
+                self.sock = self._open()
+            try:
+                return self._exchange(self.sock, raw)
+            except (ConnectionError, OSError):
+                self.sock.close()
+                self.sock = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _exchange(self, sock: socket.socket, raw: bytes) -> tuple[int, bytes]:
+        sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self._read(sock)
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get(b"content-length", b"-1"))
+        if length < 0:
+            raise RuntimeError("the bench client needs replies with a Content-Length")
+        while len(rest) < length:
+            rest += self._read(sock)
+        body, self.buf = rest[:length], rest[length:]
+        if headers.get(b"connection", b"").lower() == b"close":
+            sock.close()
+            self.sock = None
+        return status, body
+
+
+def _worker(port: int, raw: bytes, start: float, stop: float, out: Any) -> None:
+    conn = Conn(port)
+    conn.roundtrip(raw)  # connect and warm up before the clock starts
+    while time.time() < start:
+        time.sleep(0.001)
+    done = bad = 0
+    while True:
+        status, _ = conn.roundtrip(raw)
+        done += 1
+        bad += status != 200
+        if time.time() >= stop:
+            break
+    out.put((done, bad, time.time()))
+
+
+def load(port: int, raw: bytes, workers: int, seconds: float) -> dict[str, float]:
+    """Requests per second that ``workers`` client processes get through in ``seconds``."""
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start = time.time() + 1.0
+    procs = [
+        ctx.Process(target=_worker, args=(port, raw, start, start + seconds, out))
+        for _ in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=seconds + 600) for _ in procs]
+    for p in procs:
+        p.join()
+    done = sum(r[0] for r in results)
+    bad = sum(r[1] for r in results)
+    elapsed = max(r[2] for r in results) - start
+    if bad:
+        raise RuntimeError(f"{bad} of {done} requests failed on port {port}")
+    return {"rps": round(done / elapsed, 3), "requests": done}
+
+
+# --- the servers ---------------------------------------------------------------------------------
+
+
+def _config(tmp: Path, ec2_port: int, admin_port: int) -> Path:
+    path = tmp / "broker.toml"
+    path.write_text(
+        f"""[broker]
+data_dir = "{tmp / "var"}"
+region = "{OURS_REGION}"
+local_host = "simulated"
+
+[ec2]
+listen = "127.0.0.1:{ec2_port}"
+
+[occi]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[monitor]
+interval = 30.0
+
+[scheduler]
+interval = 0.5
+"""
+    )
+    node = tmp / "var" / "hosts" / "simulated-node.xml"
+    node.parent.mkdir(parents=True, exist_ok=True)
+    node.write_text(BIG_NODE)
+    return path
+
+
+async def _prepare(config_path: Path) -> tuple[str, str, str]:
+    """Migrate, seed and add the simulated host; a big subnet and the bench user."""
+    from broker.app import open_runtime
+    from broker.auth import SYSTEM
+    from broker.config import load as load_config
+    from broker.service import networks, users
+
+    rt = await open_runtime(load_config(str(config_path)), migrate=True)
+    try:
+        net = await networks.create(rt, SYSTEM, name="bench", cidr="10.64.0.0/16", zone="")
+        creds = await users.create_user(rt, SYSTEM, "bench")
+        return net.id, creds.access_key, creds.secret_key
+    finally:
+        await rt.aclose()
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            wait_port(port)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _bare(port: int, body: bytes) -> None:
+    from aiohttp import web
+
+    async def handler(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+@contextlib.contextmanager
+def bare_server(body: bytes) -> Iterator[int]:
+    port = free_port()
+    proc = mp.get_context("spawn").Process(target=_bare, args=(port, body), daemon=True)
+    proc.start()
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.join(10)
+
+
+# --- the workload --------------------------------------------------------------------------------
+
+
+def client(port: int, region: str, key: str, secret: str) -> Any:
+    return boto3.session.Session().client(
+        "ec2",
+        region_name=region,
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+
+
+def populate(ec2: Any, count: int, launch: dict[str, Any], settle: bool) -> list[str]:
+    """Launch ``count`` instances (in runs of 1,000) and wait until none is pending."""
+    made: list[str] = []
+    while len(made) < count:
+        n = min(1000, count - len(made))
+        run = ec2.run_instances(MinCount=n, MaxCount=n, **launch)
+        made += [i["InstanceId"] for i in run["Instances"]]
+    deadline = time.monotonic() + 300
+    while settle and time.monotonic() < deadline:
+        flt = [{"Name": "instance-state-name", "Values": ["pending"]}]
+        pending = ec2.describe_instances(Filters=flt, MaxResults=1000)["Reservations"]
+        if not pending:
+            break
+        time.sleep(1)
+    return made
+
+
+def boto3_ms(call: Callable[[], Any], n: int) -> float:
+    call()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def measure(
+    name: str,
+    port: int,
+    region: str,
+    creds: tuple[str, str],
+    launch: dict[str, str],
+    one_id: str,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    key, secret = creds
+
+    def raw(params: dict[str, str]) -> bytes:
+        return signed_request(port, region, key, secret, params)
+
+    ec2 = client(port, region, key, secret)
+    out: dict[str, Any] = {}
+    all_req = raw({"Action": "DescribeInstances", "MaxResults": "1000"})
+    status, body = Conn(port).roundtrip(all_req)
+    assert status == 200 and body.count(b"<instanceId>") == args.instances, (name, status)
+    one_req = raw({"Action": "DescribeInstances", "InstanceId.1": one_id})
+    status, one_body = Conn(port).roundtrip(one_req)
+    assert status == 200 and one_body.count(b"<instanceId>") == 1, (name, status)
+    out["describe_all"] = load(port, all_req, args.workers, args.seconds)
+    out["describe_one"] = load(port, one_req, args.workers, args.seconds)
+    out["run_one"] = load(port, raw({"Action": "RunInstances", **launch}), args.workers, 2)
+    out["boto3_ms"] = {
+        "describe_one": boto3_ms(lambda: ec2.describe_instances(InstanceIds=[one_id]), 30),
+        "describe_all": boto3_ms(lambda: ec2.describe_instances(MaxResults=1000), 3),
+        "run_one": boto3_ms(
+            lambda: ec2.run_instances(**{**launch, "MinCount": 1, "MaxCount": 1}), 10
+        ),
+    }
+    out["describe_one_body"] = one_body
+    print(f"{name}: {json.dumps({k: v for k, v in out.items() if k != 'describe_one_body'})}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--instances", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-ec2-") as tmp_name:
+        tmp = Path(tmp_name)
+        ec2_port, admin_port, moto_port = free_port(), free_port(), free_port()
+        config = _config(tmp, ec2_port, admin_port)
+        subnet, key, secret = asyncio.run(_prepare(config))
+        serve = [sys.executable, "-m", "broker", "--config", str(config), "serve"]
+        moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]
+        with (
+            process(serve, ec2_port, tmp / "broker.log"),
+            process(moto, moto_port, tmp / "moto.log"),
+        ):
+            ours = client(ec2_port, OURS_REGION, key, secret)
+            image = ours.describe_images(Filters=[{"Name": "name", "Values": ["tiny-simulated"]}])
+            ours_launch = {
+                "ImageId": image["Images"][0]["ImageId"],
+                "InstanceType": "t3.nano",
+                "SubnetId": subnet,
+            }
+            mine = populate(ours, args.instances, ours_launch, settle=True)
+            moto_creds = ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+            theirs = client(moto_port, MOTO_REGION, *moto_creds)
+            ami = theirs.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+            moto_launch = {"ImageId": ami, "InstanceType": "t3.nano"}
+            their_ids = populate(theirs, args.instances, moto_launch, settle=False)
+            one = {**ours_launch, "MinCount": "1", "MaxCount": "1"}
+            middle = mine[len(mine) // 2]
+            results["cloudbroker"] = measure(
+                "cloudbroker", ec2_port, OURS_REGION, (key, secret), one, middle, args
+            )
+            one_moto = {**moto_launch, "MinCount": "1", "MaxCount": "1"}
+            middle = their_ids[len(their_ids) // 2]
+            results["moto"] = measure(
+                "moto", moto_port, MOTO_REGION, moto_creds, one_moto, middle, args
+            )
+        body = results["cloudbroker"].pop("describe_one_body")
+        results["moto"].pop("describe_one_body")
+        with bare_server(body) as bare_port:
+            raw = signed_request(bare_port, OURS_REGION, key, secret, {"Action": "Bare"})
+            bare = load(bare_port, raw, args.workers, args.seconds)
+    ours_r, moto_r = results["cloudbroker"], results["moto"]
+    speedup = {
+        op: round(ours_r[op]["rps"] / moto_r[op]["rps"], 1)
+        for op in ("run_one", "describe_all", "describe_one")
+    }
+    cost = round(bare["rps"] / ours_r["describe_one"]["rps"], 2)
+    summary = {
+        "cpus": os.cpu_count(),
+        "loadavg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "workers": args.workers,
+        "instances": args.instances,
+        "rps": {
+            "cloudbroker": {op: ours_r[op]["rps"] for op in speedup},
+            "moto": {op: moto_r[op]["rps"] for op in speedup},
+            "bare_aiohttp_describe_one_bytes": bare["rps"],
+        },
+        "speedup_vs_moto": speedup,
+        "describe_one_cost_vs_bare": cost,
+        "boto3_median_ms": {"cloudbroker": ours_r["boto3_ms"], "moto": moto_r["boto3_ms"]},
+        "targets_met": {
+            "speedup_20x": {op: s >= 20 for op, s in speedup.items()},
+            "describe_one_within_3x_bare": cost <= 3,
+        },
+    }
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
