@@ -58,9 +58,11 @@ setup(
             "libvirt = backends.libvirt.backend:LibvirtBackend",
             "vmware = backends.vmware.backend:VmwareBackend",
             "ec2 = backends.ec2.backend:Ec2Backend",
+            "peer = backends.peer.backend:PeerBackend",
         ],
         "cloudbroker.commands": [
             "lab = backends.libvirt.labcli:lab",
+            "peer = backends.peer.cli:peer",
         ],
         "cloudbroker.local": [
             "libvirt = backends.libvirt.local:add_local_host",

@@ -53,6 +53,24 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+def _sqlite_reader_pragmas(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, record)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
+def create_reader(url: str, writer: AsyncEngine) -> AsyncEngine:
+    """The engine for reads. SQLite in WAL mode lets readers run beside its one writer, so
+    describes get a small pool of read-only connections of their own instead of queueing
+    behind launches and the scheduler; PostgreSQL reads share the writer's pool."""
+    if not is_sqlite(url) or make_url(url).database in (None, "", ":memory:"):
+        return writer
+    engine = create_async_engine(url, pool_size=4, max_overflow=0, pool_timeout=60)
+    event.listen(engine.sync_engine, "connect", _sqlite_reader_pragmas)
+    return engine
+
+
 def _alembic_config(url: str) -> Any:
     from alembic.config import Config as AlembicConfig
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker import model as m
 from broker.auth import Caller, SecretBox, token_digest
 from broker.config import Config
-from broker.db import create_engine
+from broker.db import create_engine, create_reader
 
 if TYPE_CHECKING:
     from broker.plugins import BackendRegistry
@@ -69,6 +69,7 @@ class Runtime:
     def __init__(self, config: Config, engine: AsyncEngine | None = None) -> None:
         self.config = config
         self.engine = engine or create_engine(config.database_url)
+        self.reader = create_reader(config.database_url, self.engine)
         self.box = SecretBox.from_file(config.data_path / "secret.key")
         self.credentials = CredentialCache()
         self.scheduler_wake = asyncio.Event()
@@ -92,7 +93,7 @@ class Runtime:
             .where(m.AccessKey.access_key == access_key)
             .where(m.AccessKey.enabled.is_(True), m.User.enabled.is_(True))
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(stmt)).first()
         if row is None:
             return None
@@ -118,4 +119,6 @@ class Runtime:
     async def aclose(self) -> None:
         if self.backends is not None:
             await self.backends.aclose()
+        if self.reader is not self.engine:
+            await self.reader.dispose()
         await self.engine.dispose()

@@ -437,7 +437,7 @@ async def describe(
         .order_by(m.Instance.id)
         .limit(size + 1)
     )
-    async with rt.engine.connect() as conn:
+    async with rt.reader.connect() as conn:
         rows, more = split_page(list((await conn.execute(stmt)).all()), size)
         rids = [r[0] for r in rows]
         tags = await tags_for(conn, rids)

@@ -30,7 +30,7 @@ from broker.service import (
 )
 from broker.service.common import TagFilter
 from broker.states import Action, State
-from frontends.admin import views
+from frontends.admin import capacity, views
 
 RUNTIME = web.AppKey("runtime", Runtime)
 MAX_BODY = 1024 * 1024
@@ -418,6 +418,7 @@ async def policy_test(request: web.Request) -> web.Response:
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
     ("GET", "/api/v1/health", health),
     ("GET", "/api/v1/whoami", whoami),
+    ("GET", "/api/v1/capacity", capacity.capacity),
     ("POST", "/api/v1/users", user_create),
     ("GET", "/api/v1/users", user_list),
     ("GET", "/api/v1/users/{name}", user_show),

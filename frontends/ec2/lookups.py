@@ -21,5 +21,5 @@ async def zone_names(rt: Runtime) -> list[str]:
 async def target_zones(rt: Runtime) -> dict[str, str]:
     """Target id -> the name of its cluster, for targets in a cluster."""
     stmt = select(m.Target.id, m.Cluster.name).join(m.Cluster, m.Cluster.id == m.Target.cluster_id)
-    async with rt.engine.connect() as conn:
+    async with rt.reader.connect() as conn:
         return {tid: name for tid, name in await conn.execute(stmt)}

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from broker.errors import InvalidRequest, NotFound, Unsupported
+from broker.federation import hops_from_tags
 from broker.service import flavors
 from broker.service import images as image_svc
 from broker.service import instances as svc
@@ -176,6 +177,13 @@ async def _explicit(call: Call, ids: Sequence[str]) -> None:
         )
 
 
+async def _explicit_missing(call: Call, ids: Sequence[str], page: Page[svc.InstanceView]) -> None:
+    """Like :func:`_explicit`, asking again only for ids the page did not show (a filter may
+    have hidden an instance that exists); the common case costs no second query."""
+    seen = {i.id for i in page.items}
+    await _explicit(call, [i for i in ids if i not in seen])
+
+
 def _launch_tags(params: Params) -> dict[str, str]:
     tags: dict[str, str] = {}
     for kind, found in params.tag_specifications():
@@ -213,6 +221,7 @@ def launch_request(params: Params) -> svc.LaunchRequest:
     tags = _launch_tags(params)
     requirements = tags.pop(REQUIREMENTS_TAG, "")
     rank = tags.pop(RANK_TAG, "")
+    hops, origin = hops_from_tags(tags)  # a launch forwarded by a federated site
     subnet = params.text("SubnetId")
     if subnet is not None:
         check_ids("network", [subnet], "subnet")
@@ -236,6 +245,8 @@ def launch_request(params: Params) -> svc.LaunchRequest:
         tags=tags,
         requirements=requirements,
         rank=rank,
+        hops=hops,
+        origin=origin,
     )
 
 
@@ -279,8 +290,8 @@ async def describe_instances(call: Call, out: Element) -> None:
     size, token = call.params.page(ids=bool(ids))
     flt = _instance_filter(call, ids)
     call.check_dry_run()
-    await _explicit(call, ids)
     page = await _page(call, flt, size, token)
+    await _explicit_missing(call, ids, page)
     render_reservations(call, out, page.items, await target_zones(call.rt))
     r.opt(out, "nextToken", page.next_token)
 
@@ -291,8 +302,8 @@ async def describe_instance_status(call: Call, out: Element) -> None:
     everything = call.params.boolean("IncludeAllInstances")
     flt = _instance_filter(call, ids, running_only=not everything)
     call.check_dry_run()
-    await _explicit(call, ids)
     page = await _page(call, flt, size, token)
+    await _explicit_missing(call, ids, page)
     box = r.node(out, "instanceStatusSet")
     zones = await target_zones(call.rt)
     for inst in page.items:

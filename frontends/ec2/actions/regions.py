@@ -11,7 +11,7 @@ from typing import Final
 
 from broker.errors import NotFound
 from broker.service import instances as svc
-from broker.service import networks
+from broker.service import networks, targets
 from broker.service.common import check_ids
 from broker.states import State
 from frontends.ec2 import render as r
@@ -56,12 +56,19 @@ async def describe_regions(call: Call, out: Element) -> None:
     call.check_dry_run()
     names = set(wanted) | set(flt.get("region-name", ()))
     box = r.node(out, "regionInfo")
-    if names and region not in names:
-        return
-    it = r.item(box)
-    r.text(it, "regionName", region)
-    r.text(it, "regionEndpoint", call.host or call.rt.listeners.get("ec2", ""))
-    r.text(it, "optInStatus", "opt-in-not-required")
+    listed = [(region, call.host or call.rt.listeners.get("ec2", ""))]
+    for peer in await targets.describe(call.rt, call.caller, kind="peer"):
+        # a linked peer cluster is a region of its own, reached at its own endpoint
+        listed.append(
+            (str(peer.settings.get("region") or peer.name), str(peer.settings.get("url", "")))
+        )
+    for name, endpoint in listed:
+        if names and name not in names:
+            continue
+        it = r.item(box)
+        r.text(it, "regionName", name)
+        r.text(it, "regionEndpoint", endpoint)
+        r.text(it, "optInStatus", "opt-in-not-required")
 
 
 async def describe_availability_zones(call: Call, out: Element) -> None:
