@@ -24,18 +24,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from broker import model as m
 from broker.errors import BrokerError
 from broker.events import EventRecord, record, transition
+from broker.groupcommit import GroupCommit
 from broker.model import utcnow
 from broker.protocols import (
     Decision,
     LaunchSpec,
-    NicSpec,
     Observed,
+    Placement,
     PlacementPolicy,
     PolicyFactory,
 )
 from broker.runtime import Runtime
 from broker.service.instances import release
 from broker.snapshots import pending_requests, snapshot_targets
+from broker.specs import launch_specs
 from broker.states import Action, State, can_move
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Scheduler:
         self.policy = policy
         self.factory = factory
         self.policy_version: int | None = None
+        self._launched: GroupCommit[tuple[Work, Placement]] = GroupCommit(self._write_launched)
         self.cfg = rt.config.scheduler
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._per_target: dict[str, asyncio.Semaphore] = {}
@@ -196,13 +199,17 @@ class Scheduler:
         )
         async with self.rt.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        for row in rows:
-            if row[0] in self._inflight:
-                continue
+        fresh = [r for r in rows if r[0] not in self._inflight]
+        launching = [r[0] for r in fresh if r[1] == Action.LAUNCH.value]
+        specs = {}
+        if launching:
+            async with self.rt.engine.connect() as conn:
+                specs = await launch_specs(conn, launching, self.policy.target_settings)
+        for row in fresh:
             work = Work(
                 row[0], Action(str(row[1])), row[2], State(row[3]), str(row[4]), row[5], row[6]
             )
-            task = asyncio.create_task(self._carry_out(work))
+            task = asyncio.create_task(self._carry_out(work, specs.get(work.instance_id)))
             self._inflight[work.instance_id] = task
             task.add_done_callback(functools.partial(self._done, work.instance_id))
 
@@ -210,14 +217,14 @@ class Scheduler:
         self._inflight.pop(rid, None)
         self.rt.wake_scheduler()
 
-    async def _carry_out(self, work: Work) -> None:
+    async def _carry_out(self, work: Work, spec: LaunchSpec | None = None) -> None:
         sem = self._per_target.setdefault(
             work.target_id, asyncio.Semaphore(self.cfg.in_flight_per_target)
         )
         async with sem:
             try:
                 if work.intent is Action.LAUNCH:
-                    await self._launch(work)
+                    await self._launch(work, spec)
                 else:
                     await self._act(work)
             except asyncio.CancelledError:
@@ -225,46 +232,70 @@ class Scheduler:
             except Exception as exc:  # every failure is recorded against the instance
                 await self._failed(work, exc)
 
-    async def _launch(self, work: Work) -> None:
+    async def _launch(self, work: Work, spec: LaunchSpec | None) -> None:
         assert self.rt.backends is not None
+        if spec is None:
+            raise BrokerError("the instance is no longer placed on a target")
         backend = await self.rt.backends.get(work.target_id)
-        spec = await self._spec(work)
         placement = await asyncio.wait_for(backend.launch(spec), LAUNCH_TIMEOUT)
+        await self._launched.submit((work, placement))
+
+    async def _write_launched(self, done: list[tuple[Work, Placement]]) -> None:
+        """Record a batch of finished launches in one transaction (see GroupCommit)."""
         now = utcnow()
+        rids = [w.instance_id for w, _ in done]
         async with self.rt.engine.begin() as conn:
-            row = (
+            still = set(
+                (
+                    await conn.scalars(
+                        select(m.Instance.id)
+                        .where(m.Instance.id.in_(rids), m.Instance.intent == Action.LAUNCH.value)
+                        .with_for_update()
+                    )
+                ).all()
+            )
+            # the reference is kept even when the user asked for something else meanwhile:
+            # that is what a terminate needs to find the instance on its target
+            await conn.execute(
+                update(m.Instance)
+                .where(m.Instance.id == bindparam("b_id"))
+                .values(
+                    backend_ref=bindparam("b_ref"),
+                    public_ip=bindparam("b_ip"),
+                    launched_at=now,
+                    updated_at=now,
+                    attempts=0,
+                ),
+                [{"b_id": w.instance_id, "b_ref": p.ref, "b_ip": p.public_ip} for w, p in done],
+            )
+            moved = []
+            for w, p in done:
+                if w.instance_id in still:
+                    new = p.state if can_move(State.PROLOG, p.state) else State.BOOT
+                    moved.append((w, p, new))
+            if moved:
                 await conn.execute(
-                    select(m.Instance.intent, m.Instance.state)
-                    .where(m.Instance.id == work.instance_id)
-                    .with_for_update()
+                    update(m.Instance)
+                    .where(
+                        m.Instance.id == bindparam("b_id"), m.Instance.intent == Action.LAUNCH.value
+                    )
+                    .values(state=bindparam("b_state"), intent=None, state_reason=""),
+                    [{"b_id": w.instance_id, "b_state": new.value} for w, _, new in moved],
                 )
-            ).first()
-            values: dict[str, Any] = {
-                "backend_ref": placement.ref,
-                "launched_at": now,
-                "updated_at": now,
-                "attempts": 0,
-            }
-            if placement.public_ip:
-                values["public_ip"] = placement.public_ip
-            events: list[EventRecord] = []
-            if row is not None and row[0] == Action.LAUNCH.value:
-                new = placement.state if can_move(State.PROLOG, placement.state) else State.BOOT
-                values.update(intent=None, state=new.value, state_reason="")
-                events.append(
+            await record(
+                conn,
+                [
                     transition(
-                        work.instance_id,
-                        row[1],
+                        w.instance_id,
+                        State.PROLOG.value,
                         new.value,
                         "scheduler",
                         "launched",
-                        ref=placement.ref,
+                        ref=p.ref,
                     )
-                )
-            await conn.execute(
-                update(m.Instance).where(m.Instance.id == work.instance_id).values(**values)
+                    for w, p, new in moved
+                ],
             )
-            await record(conn, events)
 
     async def _act(self, work: Work) -> None:
         if work.backend_ref is None:
@@ -377,104 +408,6 @@ class Scheduler:
                     )
                 ],
             )
-
-    async def _spec(self, work: Work) -> LaunchSpec:
-        async with self.rt.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        m.Instance.hostname,
-                        m.Instance.vcpus,
-                        m.Instance.memory_mb,
-                        m.Instance.disk_gb,
-                        m.Instance.flavor,
-                        m.Instance.image_id,
-                        m.Image.kind,
-                        m.Image.location,
-                        m.Image.kernel,
-                        m.Image.ramdisk,
-                        m.Image.cmdline,
-                        m.Image.checksum,
-                        m.Image.mappings,
-                        m.Instance.user_data,
-                        m.Instance.key_name,
-                        m.Instance.owner_id,
-                        m.Target.settings,
-                        m.Instance.hops,
-                        m.Target.name,
-                    )
-                    .join(m.Image, m.Image.id == m.Instance.image_id)
-                    .join(m.Target, m.Target.id == m.Instance.target_id)
-                    .where(m.Instance.id == work.instance_id)
-                )
-            ).one()
-            public_key = None
-            if row[14]:
-                public_key = await conn.scalar(
-                    select(m.KeyPair.public_key).where(
-                        m.KeyPair.owner_id == row[15], m.KeyPair.name == row[14]
-                    )
-                )
-            nics = [
-                NicSpec(*r)
-                for r in await conn.execute(
-                    select(
-                        m.NetworkInterface.mac,
-                        m.NetworkInterface.ip,
-                        m.Network.name,
-                        m.Network.bridge,
-                        m.Network.cidr,
-                        m.Network.gateway,
-                        m.Network.dns,
-                    )
-                    .join(m.Network, m.Network.id == m.NetworkInterface.network_id)
-                    .where(m.NetworkInterface.instance_id == work.instance_id)
-                    .order_by(m.NetworkInterface.device_index)
-                )
-            ]
-            groups = tuple(
-                (
-                    await conn.scalars(
-                        select(m.InstanceSecurityGroup.group_id).where(
-                            m.InstanceSecurityGroup.instance_id == work.instance_id
-                        )
-                    )
-                ).all()
-            )
-            tags = {
-                k: v
-                for k, v in await conn.execute(
-                    select(m.Tag.key, m.Tag.value).where(m.Tag.resource_id == work.instance_id)
-                )
-            }
-        # the target's own settings win over the policy's maps for it
-        settings = {**self.policy.target_settings(row[18]), **(row[16] or {})}
-        return LaunchSpec(
-            instance_id=work.instance_id,
-            target_id=work.target_id,
-            target_settings=settings,
-            hostname=row[0],
-            vcpus=row[1],
-            memory_mb=row[2],
-            disk_gb=row[3],
-            flavor=row[4],
-            image_id=row[5],
-            image_kind=row[6],
-            image_location=row[7],
-            image_kernel=row[8],
-            image_ramdisk=row[9],
-            image_cmdline=row[10],
-            image_checksum=row[11],
-            image_mappings=row[12] or {},
-            user_data=row[13],
-            key_name=row[14],
-            public_key=public_key,
-            nics=tuple(nics),
-            security_groups=groups,
-            tags=tags,
-            owner_id=row[15],
-            hops=row[17],
-        )
 
 
 def _result(intent: Action, seen: Observed | None) -> State:

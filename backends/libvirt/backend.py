@@ -76,7 +76,7 @@ class LibvirtBackend:
             thread_name_prefix=f"libvirt-{config.name}",
         )
         self._conn: libvirt.virConnect | None = None
-        self._caps: str | None = None
+        self._domain_type: dom.DomainType | None = None  # from the host's capabilities, once
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -237,11 +237,13 @@ class LibvirtBackend:
     def _domain_xml(
         self, conn: libvirt.virConnect, spec: LaunchSpec, files: dict[str, Path]
     ) -> str:
-        if self._caps is None:
-            self._caps = conn.getCapabilities()
-        domain_type = dom.choose_domain_type(self._caps, self.hypervisor, "x86_64")
-        if self.virt_type == "qemu" and domain_type == "kvm":
-            domain_type = "qemu"  # the operator says this host's KVM cannot be used
+        if self._domain_type is None:
+            caps = conn.getCapabilities()
+            chosen = dom.choose_domain_type(caps, self.hypervisor, "x86_64")
+            if self.virt_type == "qemu" and chosen == "kvm":
+                chosen = "qemu"  # the operator says this host's KVM cannot be used
+            self._domain_type = chosen
+        domain_type = self._domain_type
         kernel = root = None
         if spec.image_kind == "kernel":
             kernel = dom.KernelBoot(

@@ -1,0 +1,45 @@
+"""Group commit: many small results written in one transaction.
+
+Callers submit an item and wait until it is durable. Whoever finds no writer running starts
+one; it takes everything submitted by then (up to a batch), writes it in one go, and wakes
+those callers; items that arrive meanwhile go in the next batch. One failed batch fails only
+its own callers, who then record their results one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class GroupCommit(Generic[T]):
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], max_batch: int = 500) -> None:
+        self._write = write
+        self._max = max_batch
+        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._run())
+        await done
+
+    async def _run(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # let the callers that are ready now join this batch
+            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            try:
+                await self._write([item for item, _ in batch])
+            except Exception as exc:  # handed to each caller: they decide what failure means
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
