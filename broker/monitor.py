@@ -158,6 +158,8 @@ class Monitor:
         async with self.rt.engine.begin() as conn:
             values: dict[str, Any] = {"misses": misses}
             events: list[EventRecord] = []
+            if state == "error":
+                values["state_reason"] = reason  # the newest cause (e.g. an open breaker)
             if misses >= self.cfg.misses and state != "error":
                 values.update(state="error", state_reason=reason)
                 events.append(EventRecord(tid, "transition", "monitor", state, "error", reason))

@@ -41,8 +41,6 @@ file ``ec2-broker-id`` in the data dir, made once), ``image_map``, ``flavor_map`
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import dataclasses
 import functools
@@ -546,11 +544,7 @@ class Ec2Backend:
 
     async def console(self, ref: str) -> str:
         got = await self._call("GetConsoleOutput", {"InstanceId": ref})
-        text = str(got.get("Output") or "")
-        try:  # EC2 sends base64; moto's server sends the text itself
-            return base64.b64decode(text, validate=True).decode("utf-8", "replace")
-        except (binascii.Error, ValueError):
-            return text
+        return str(got.get("Output") or "")  # botocore has already decoded EC2's base64
 
     # --- cost -----------------------------------------------------------------------------
 

@@ -390,3 +390,15 @@ async def test_broker_path_marks_an_instance_terminated_outside_lost(
     await monitor.cycle()
     view = await instances.get(rt, alice, inst.id)
     assert view.state is State.FAILED and view.state_reason.startswith("lost")
+
+
+async def test_console_text_that_looks_like_base64_is_returned_as_it_is(
+    make_backend: MakeBackend,
+) -> None:
+    backend = make_backend()
+
+    async def answer(operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {"Output": "boot"}  # botocore has decoded EC2's base64 already
+
+    backend._call = answer  # type: ignore[method-assign]
+    assert await backend.console("i-0123456789abcdef0") == "boot"
