@@ -15,6 +15,7 @@ from pathlib import Path
 
 import libvirt
 
+from backends.libvirt import backend as _backend  # noqa: F401 - quiets libvirt's stderr
 from broker.auth import SYSTEM
 from broker.runtime import Runtime
 from broker.seed import zone_name
