@@ -20,9 +20,11 @@ from broker import ids
 from broker import model as m
 from broker.auth import Caller, require_admin
 from broker.errors import AlreadyExists, InvalidRequest, NotFound
-from broker.events import audit, record
+from broker.events import audit, record, transition
+from broker.model import utcnow
 from broker.protocols import TargetConfig
 from broker.runtime import Runtime
+from broker.service.instances import release
 from broker.states import ON_TARGET
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -196,25 +198,52 @@ async def set_reserved(
     return await get(rt, caller, name)
 
 
-async def remove(rt: Runtime, caller: Caller, name: str) -> None:
+async def remove(rt: Runtime, caller: Caller, name: str, *, force: bool = False) -> list[str]:
+    """Remove a target that runs nothing; with ``force``, mark what still runs there failed
+    ("left on NAME") and release it here, leaving it to the target. Returns those ids."""
     require_admin(caller)
     target = await get(rt, caller, name)
-    if target.instances:
+    if target.instances and not force:
         raise InvalidRequest(
             f"the target '{name}' still runs {target.instances} instance(s); "
             "drain it and move or terminate them first"
         )
     async with rt.engine.begin() as conn:
-        left = await conn.scalar(
-            select(func.count())
-            .select_from(m.Instance)
-            .where(
-                m.Instance.target_id == target.id,
-                m.Instance.state.in_([s.value for s in ON_TARGET]),
+        rows = (
+            await conn.execute(
+                select(m.Instance.id, m.Instance.state, m.Instance.backend_ref).where(
+                    m.Instance.target_id == target.id,
+                    m.Instance.state.in_([s.value for s in ON_TARGET]),
+                )
             )
-        )
-        if left:
+        ).all()
+        if rows and not force:
             raise InvalidRequest(f"the target '{name}' is not empty")
+        left = [r[0] for r in rows]
+        if left:
+            now = utcnow()
+            for rid, _old, ref in rows:
+                await conn.execute(
+                    update(m.Instance)
+                    .where(m.Instance.id == rid)
+                    .values(
+                        state="failed",
+                        intent=None,
+                        ended_at=now,
+                        updated_at=now,
+                        state_reason=f"left on {name} ({ref or 'no reference'})",
+                    )
+                )
+            await record(
+                conn,
+                [
+                    transition(
+                        rid, old, "failed", caller.name, f"left on {name} when it was removed"
+                    )
+                    for rid, old, _ in rows
+                ],
+            )
+            await release(conn, left)
         await conn.execute(
             update(m.Instance).where(m.Instance.target_id == target.id).values(target_id=None)
         )
@@ -226,3 +255,4 @@ async def remove(rt: Runtime, caller: Caller, name: str) -> None:
         await record(conn, [audit(target.id, caller.name, "target removed", name=name)])
     if rt.backends is not None:
         await rt.backends.drop(target.id)
+    return left

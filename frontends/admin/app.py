@@ -216,7 +216,12 @@ async def target_state(request: web.Request) -> web.Response:
 
 
 async def target_remove(request: web.Request) -> web.Response:
-    await targets.remove(rt_of(request), await caller_of(request), request.match_info["name"])
+    force = request.query.get("force", "false")
+    if force not in ("true", "false"):
+        raise errors.InvalidRequest("force must be true or false", field="force")
+    await targets.remove(
+        rt_of(request), await caller_of(request), request.match_info["name"], force=force == "true"
+    )
     return web.Response(status=204)
 
 

@@ -144,3 +144,32 @@ async def test_host_add_refuses_bad_settings(sqlite_rt: Runtime, tmp_path: Path)
 
 def test_libvirt_is_the_real_binding() -> None:
     assert libvirt.getVersion() > 0
+
+
+async def test_remove_with_force_leaves_instances_to_the_target(sqlite_rt: Runtime) -> None:
+    rt = sqlite_rt
+    node = simulated_node_file(rt.config.data_path)
+    await targets.add(
+        rt,
+        SYSTEM,
+        name="sim",
+        kind="host",
+        driver="libvirt",
+        hypervisor="kvm",
+        settings={"uri": f"test://{node}"},
+    )
+    ami = (
+        await images.register(
+            rt, SYSTEM, images.ImageSpec(name="k", kind="kernel", kernel="/k", visibility="public")
+        )
+    ).id
+    alice = await make_user(rt, "alice")
+    (inst,) = await instances.launch(rt, alice, LaunchRequest(ami, "t3.micro"))
+    await Monitor(rt).cycle()
+    await settle(rt)
+    with pytest.raises(InvalidRequest, match="still runs"):
+        await targets.remove(rt, SYSTEM, "sim")
+    assert await targets.remove(rt, SYSTEM, "sim", force=True) == [inst.id]
+    view = await instances.get(rt, alice, inst.id)
+    assert view.state is State.FAILED and view.state_reason.startswith("left on sim")
+    assert await targets.describe(rt, SYSTEM) == []
