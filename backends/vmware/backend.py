@@ -88,6 +88,9 @@ class VmwareBackend:
         self._view: Any = None
         self._vms: dict[str, Any] = {}  # instance id -> VM moref
         self._seen: tuple[float, dict[str, tuple[Any, dict[str, Any]]]] | None = None
+        # bumped by every launch and action, before and after: a read that began before the
+        # last bump may miss what they did, so it is never kept for reuse
+        self._generation = 0
         self._dirs: set[str] = set()
         self.watch = PowerWatch(self.session, self._vm_view)
 
@@ -161,8 +164,9 @@ class VmwareBackend:
 
     def _probe(self) -> TargetProbe:
         where = self.where()
+        began = self._began()
         found = self.session.retrieve([*capacity_specs(where), self._vm_spec()])
-        vms = self._remember(found)
+        vms = self._remember(found, began)
         hosts = {h._moId for h in where.hosts}
         running = sum(
             1
@@ -179,22 +183,30 @@ class VmwareBackend:
             memory_ratio=float(settings.get("memory_ratio", 1.0)),
         )
 
+    def _began(self) -> tuple[float, int]:
+        with self._lock:
+            return time.monotonic(), self._generation
+
     def _remember(
-        self, found: Sequence[tuple[Any, dict[str, Any]]]
+        self, found: Sequence[tuple[Any, dict[str, Any]]], began: tuple[float, int]
     ) -> dict[str, tuple[Any, dict[str, Any]]]:
+        """The VMs of a read; kept for the observe of the same cycle unless a launch or an
+        action ran while it was being read (then that observe reads again)."""
         vms = {
             str(p["name"]): (obj, p)
             for obj, p in found
             if isinstance(obj, vim.VirtualMachine) and "name" in p
         }
         with self._lock:
-            self._seen = (time.monotonic(), vms)
+            if began[1] == self._generation:
+                self._seen = (began[0], vms)
             self._vms.update({name: obj for name, (obj, _) in vms.items()})
         return vms
 
     def _forget(self) -> None:
         with self._lock:
             self._seen = None
+            self._generation += 1
 
     async def observe(self, refs: Sequence[str]) -> list[Observed]:
         return await self._run(self._observe, tuple(refs))
@@ -203,7 +215,8 @@ class VmwareBackend:
         with self._lock:
             seen = self._seen
         if seen is None or time.monotonic() - seen[0] > REUSE_SECONDS:
-            vms = self._remember(self.session.retrieve([self._vm_spec()]))
+            began = self._began()
+            vms = self._remember(self.session.retrieve([self._vm_spec()]), began)
         else:
             vms = seen[1]
         out = []
@@ -278,7 +291,10 @@ class VmwareBackend:
     # --- launch ---------------------------------------------------------------------------
 
     async def launch(self, spec: LaunchSpec) -> Placement:
-        return await self._run(self._launch, spec)
+        try:
+            return await self._run(self._launch, spec)
+        finally:
+            self._forget()
 
     def _launch(self, spec: LaunchSpec) -> Placement:
         self._forget()
@@ -464,7 +480,10 @@ class VmwareBackend:
     # --- actions --------------------------------------------------------------------------
 
     async def act(self, ref: str, action: Action, *, force: bool = False) -> Observed | None:
-        return await self._run(self._act, ref, action, force)
+        try:
+            return await self._run(self._act, ref, action, force)
+        finally:
+            self._forget()
 
     def _act(self, ref: str, action: Action, force: bool) -> Observed | None:
         self._forget()

@@ -305,12 +305,11 @@ async def test_a_failed_launch_leaves_nothing_and_a_retry_finds_its_vm(
     (ok,) = await instances.launch(rt, alice, LaunchRequest(ami, "t3.micro"))
     await settle(rt)
     backend = await backend_of(rt, tid)
-    from broker.scheduler import Scheduler as _S  # the spec the scheduler would send
-    from broker.scheduler import Work
+    from broker.specs import launch_specs  # the spec the scheduler would send
 
-    sched = _S(rt, DefaultPolicy())
-    spec = await sched._spec(Work(ok.id, Action.LAUNCH, None, State.PROLOG, tid, None, 0))
-    again = await backend.launch(spec)
+    async with rt.engine.connect() as conn:
+        specs = await launch_specs(conn, [ok.id], DefaultPolicy().target_settings)
+    again = await backend.launch(specs[ok.id])
     assert again.ref == ok.id
     si = direct(esx)
     try:
