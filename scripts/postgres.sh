@@ -13,4 +13,6 @@ port=$(pg_lsclusters -h | awk -v v="$ver" '$1==v && $2=="main" {print $3}')
 run() { if [ "$(id -u)" -eq 0 ]; then su postgres -c "$1"; else sudo -u postgres sh -c "$1"; fi; }
 run "psql -q -p $port -tAc \"SELECT 1 FROM pg_roles WHERE rolname='cloudbroker'\"" | grep -q 1 \
     || run "psql -q -p $port -c \"CREATE ROLE cloudbroker LOGIN CREATEDB PASSWORD 'cloudbroker'\""
+# DROP DATABASE ... WITH (FORCE) in the tests may have to stop an autovacuum worker
+run "psql -q -p $port -c \"GRANT pg_signal_backend TO cloudbroker\"" >/dev/null
 echo "postgresql+psycopg://cloudbroker:cloudbroker@127.0.0.1:$port/postgres"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from broker.app import open_runtime
 from broker.auth import SYSTEM, Caller
@@ -29,6 +29,14 @@ def pg_admin_url() -> str:
     return url
 
 
+def drop_database(engine: Engine, name: str) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
     """A migrated PostgreSQL database that each test's database is copied from."""
@@ -41,9 +49,7 @@ def pg_template() -> Iterator[str]:
     try:
         yield name
     finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
+        drop_database(engine, name)
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +71,7 @@ def pg_url(pg_template: str) -> Iterator[str]:
     try:
         yield admin.rsplit("/", 1)[0] + "/" + name
     finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
+        drop_database(engine, name)
 
 
 def make_config(tmp: Path, url: str = "", **broker: object) -> Config:
