@@ -38,7 +38,7 @@ from broker.service.common import (
     tags_for,
 )
 from broker.service.images import visible_image
-from broker.states import ACTION_MOVES, LIVE, Action, State, check_move
+from broker.states import ACTION_MOVES, Action, State, check_move
 
 MAX_COUNT = 1000
 MAX_USER_DATA = 16 * 1024
@@ -718,5 +718,3 @@ async def modify(
             ],
         )
 
-
-LIVE_STATES = tuple(s.value for s in LIVE)
