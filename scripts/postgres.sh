@@ -1,13 +1,13 @@
 #!/bin/sh
 # Starts Debian's PostgreSQL cluster (no init system starts it) and makes the test role.
-# Prints the SQLAlchemy URL the tests use. Fails loudly when PostgreSQL cannot start.
+# Prints the SQLAlchemy URL the tests use, and nothing else, on stdout. Fails loudly when PostgreSQL cannot start.
 set -eu
 ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
 if ! pg_lsclusters -h | grep -q "^$ver main"; then
-    pg_createcluster "$ver" main >/dev/null
+    pg_createcluster "$ver" main >&2
 fi
 if ! pg_lsclusters -h | awk -v v="$ver" '$1==v && $2=="main" {print $4}' | grep -q online; then
-    pg_ctlcluster "$ver" main start
+    pg_ctlcluster "$ver" main start >&2
 fi
 port=$(pg_lsclusters -h | awk -v v="$ver" '$1==v && $2=="main" {print $3}')
 run() { if [ "$(id -u)" -eq 0 ]; then su postgres -c "$1"; else sudo -u postgres sh -c "$1"; fi; }
