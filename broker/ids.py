@@ -29,6 +29,7 @@ PREFIXES: dict[str, str] = {
     "group": "g",
     "target": "t",
     "cluster": "c",
+    "hook": "hook",
 }
 
 _ID = re.compile(r"^(?P<prefix>[a-z]+(?:-[a-z]+)?)-(?P<hex>[0-9a-f]{8}|[0-9a-f]{17})$")

@@ -118,9 +118,15 @@ class Token(Base):
 
 
 class Cluster(Base):
+    """A group of hosts. Its reservations apply to every member host that sets none of its own."""
+
     __tablename__ = "clusters"
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    reserved_cpu: Mapped[float] = mapped_column(default=0.0)
+    reserved_memory_mb: Mapped[float] = mapped_column(default=0.0)
+    reserved_cpu_pct: Mapped[float] = mapped_column(default=0.0)
+    reserved_memory_pct: Mapped[float] = mapped_column(default=0.0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -149,6 +155,10 @@ class Target(Base):
     total_disk_gb: Mapped[int] = mapped_column(Integer, default=0)
     reserved_cpu: Mapped[int] = mapped_column(Integer, default=0)
     reserved_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    reserved_cpu_pct: Mapped[float] = mapped_column(default=0.0)
+    reserved_memory_pct: Mapped[float] = mapped_column(default=0.0)
+    cpu_cost: Mapped[float] = mapped_column(default=0.0)  # per vCPU-hour, OpenNebula's CPU_COST
+    memory_cost: Mapped[float] = mapped_column(default=0.0)  # per GiB-hour, its MEMORY_COST
     misses: Mapped[int] = mapped_column(Integer, default=0)
     last_seen_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -459,3 +469,54 @@ class PolicyVersion(Base):
     author: Mapped[str] = mapped_column(String(64))
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+# --- accounting and hooks ---------------------------------------------------------------------
+
+
+class UsageRecord(Base):
+    """What one instance used in one clock hour: where it ran, its size, and what that cost."""
+
+    __tablename__ = "usage_records"
+    instance_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    hour: Mapped[dt.datetime] = mapped_column(primary_key=True)  # start of the clock hour, UTC
+    owner_id: Mapped[str] = mapped_column(Id, index=True)
+    group_id: Mapped[str] = mapped_column(Id, index=True)
+    target_id: Mapped[str] = mapped_column(Id, default="")
+    target_kind: Mapped[str] = mapped_column(String(16), default="")  # local | burst | peer
+    flavor: Mapped[str] = mapped_column(String(64))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[float] = mapped_column(default=0.0)
+    __table_args__ = (Index("ix_usage_records_hour", "hour"),)
+
+
+class Hook(Base):
+    """A script or webhook an operator registered to run on matching events."""
+
+    __tablename__ = "hooks"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # script | webhook
+    command: Mapped[str] = mapped_column(Text)  # the script's path, or the webhook's URL
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    filters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    timeout_s: Mapped[float] = mapped_column(default=10.0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class HookRun(Base):
+    """One run of a hook for one event, with how it ended."""
+
+    __tablename__ = "hook_runs"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    hook_id: Mapped[str] = mapped_column(ForeignKey("hooks.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16))  # ok | failed | timeout
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    output: Mapped[str] = mapped_column(Text, default="")
