@@ -428,6 +428,69 @@ def host_remove(ctx: Ctx, name: str) -> None:
     show(ctx, {"removed": name})
 
 
+@host.command("reserve")
+@click.argument("name")
+@click.option("--cpu", default=None, help="CPUs held back: 2, or 25%; negative overcommits")
+@click.option("--memory", default=None, help="MiB held back: 1024, or 10%; negative overcommits")
+@pass_ctx
+def host_reserve(ctx: Ctx, name: str, cpu: str | None, memory: str | None) -> None:
+    """Hold CPU and memory back from placement on a host (overrides its cluster's)."""
+    body = {"cpu": cpu, "memory": memory}
+    show(ctx, ctx.client().call("PUT", f"/api/v1/targets/{_id(name)}/reservation", body))
+
+
+@host.command("cost")
+@click.argument("name")
+@click.option("--cpu-cost", type=float, default=None, help="per vCPU-hour (CPU_COST)")
+@click.option("--memory-cost", type=float, default=None, help="per GiB-hour (MEMORY_COST)")
+@pass_ctx
+def host_cost(ctx: Ctx, name: str, cpu_cost: float | None, memory_cost: float | None) -> None:
+    """Set what an hour on this host costs, for accounting and showback."""
+    body = {"cpu_cost": cpu_cost, "memory_cost": memory_cost}
+    show(ctx, ctx.client().call("PUT", f"/api/v1/targets/{_id(name)}/costs", body))
+
+
+# --- clusters ----------------------------------------------------------------------------------
+
+CLUSTER_COLUMNS = [
+    "name",
+    "hosts",
+    "reserved_cpu",
+    "reserved_cpu_pct",
+    "reserved_memory_mb",
+    "reserved_memory_pct",
+]
+
+
+@main.group()
+def cluster() -> None:
+    """Clusters of hosts (made by ``host add --cluster``) and their reservations."""
+
+
+@cluster.command("list")
+@pass_ctx
+def cluster_list(ctx: Ctx) -> None:
+    show(ctx, ctx.client().call("GET", "/api/v1/clusters"), CLUSTER_COLUMNS)
+
+
+@cluster.command("show")
+@click.argument("name")
+@pass_ctx
+def cluster_show(ctx: Ctx, name: str) -> None:
+    show(ctx, ctx.client().call("GET", f"/api/v1/clusters/{_id(name)}"))
+
+
+@cluster.command("reserve")
+@click.argument("name")
+@click.option("--cpu", default=None, help="CPUs held back per host: 2, or 25%")
+@click.option("--memory", default=None, help="MiB held back per host: 1024, or 10%")
+@pass_ctx
+def cluster_reserve(ctx: Ctx, name: str, cpu: str | None, memory: str | None) -> None:
+    """Hold CPU and memory back on every host of a cluster that sets none of its own."""
+    body = {"cpu": cpu, "memory": memory}
+    show(ctx, ctx.client().call("PUT", f"/api/v1/clusters/{_id(name)}/reservation", body))
+
+
 # --- public-cloud regions and other targets ------------------------------------------------
 
 

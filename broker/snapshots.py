@@ -1,6 +1,7 @@
-"""One snapshot of every target for a placement cycle: capacity minus reservations minus what
-instances already hold, plus the latest monitoring sample, as plain :class:`TargetSnapshot`s;
-and the pending instances as :class:`PlacementRequest`s.
+"""One snapshot of every target for a placement cycle: capacity minus reservations (the host's
+own, else its cluster's; absolute or percent) minus what instances already hold, plus the latest
+monitoring sample, as plain :class:`TargetSnapshot`s; and the pending instances as
+:class:`PlacementRequest`s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import model as m
 from broker.protocols import PlacementRequest, TargetSnapshot
+from broker.service.reservations import effective, pick
 from broker.states import ON_TARGET, State
 
 _HELD = tuple(s.value for s in ON_TARGET)
@@ -68,7 +70,13 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
             m.Target.total_memory_mb,
             m.Target.total_disk_gb,
             m.Target.reserved_cpu,
+            m.Target.reserved_cpu_pct,
             m.Target.reserved_memory_mb,
+            m.Target.reserved_memory_pct,
+            m.Cluster.reserved_cpu,
+            m.Cluster.reserved_cpu_pct,
+            m.Cluster.reserved_memory_mb,
+            m.Cluster.reserved_memory_pct,
             m.Target.simulated,
             m.Target.settings,
         )
@@ -88,10 +96,18 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
         mem,
         disk,
         rcpu,
+        rcpu_pct,
         rmem,
+        rmem_pct,
+        ccpu,
+        ccpu_pct,
+        cmem,
+        cmem_pct,
         simulated,
         settings,
     ) in rows:
+        free_cpu = cpu - int(effective(cpu, *pick((rcpu, rcpu_pct), (ccpu or 0, ccpu_pct or 0))))
+        free_mem = mem - int(effective(mem, *pick((rmem, rmem_pct), (cmem or 0, cmem_pct or 0))))
         used_cpu, used_mem, used_disk, running = held.get(tid, (0, 0, 0, 0))
         load, free_disk = samples.get(tid, (0.0, float(disk)))
         settings = settings or {}
@@ -106,8 +122,8 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
             state=state,
             total_cpu=cpu,
             total_memory_mb=mem,
-            free_cpu=cpu - rcpu - int(used_cpu),
-            free_memory_mb=mem - rmem - int(used_mem),
+            free_cpu=free_cpu - int(used_cpu),
+            free_memory_mb=free_mem - int(used_mem),
             free_disk_gb=int(min(free_disk, disk - used_disk) if disk else free_disk),
             running=running,
             load=load,
@@ -123,8 +139,8 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
                 "CLUSTER": cluster or "",
                 "TOTAL_CPU": cpu,
                 "TOTAL_MEM": mem,
-                "FREE_CPU": cpu - rcpu - int(used_cpu),
-                "FREE_MEM": mem - rmem - int(used_mem),
+                "FREE_CPU": free_cpu - int(used_cpu),
+                "FREE_MEM": free_mem - int(used_mem),
                 "RUNNING_VMS": running,
                 "LOAD": load,
                 "PRICE": price,

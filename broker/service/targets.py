@@ -48,6 +48,10 @@ class TargetView:
     total_disk_gb: int
     reserved_cpu: int
     reserved_memory_mb: int
+    reserved_cpu_pct: float
+    reserved_memory_pct: float
+    cpu_cost: float
+    memory_cost: float
     last_seen_at: dt.datetime | None
     settings: Mapping[str, Any]
     instances: int = 0
@@ -68,6 +72,10 @@ _COLS = (
     m.Target.total_disk_gb,
     m.Target.reserved_cpu,
     m.Target.reserved_memory_mb,
+    m.Target.reserved_cpu_pct,
+    m.Target.reserved_memory_pct,
+    m.Target.cpu_cost,
+    m.Target.memory_cost,
     m.Target.last_seen_at,
     m.Target.settings,
 )
@@ -184,17 +192,31 @@ async def set_state(rt: Runtime, caller: Caller, name: str, state: str) -> Targe
     return await get(rt, caller, name)
 
 
-async def set_reserved(
-    rt: Runtime, caller: Caller, name: str, *, cpu: int | None = None, memory_mb: int | None = None
+async def set_costs(
+    rt: Runtime,
+    caller: Caller,
+    name: str,
+    *,
+    cpu_cost: float | None = None,
+    memory_cost: float | None = None,
 ) -> TargetView:
+    """A local host's price per vCPU-hour and per GiB-hour (OpenNebula's CPU_COST and
+    MEMORY_COST), which accounting charges for instances running there."""
     require_admin(caller)
-    target = await get(rt, caller, name)
     values = {
-        k: v for k, v in (("reserved_cpu", cpu), ("reserved_memory_mb", memory_mb)) if v is not None
+        k: v for k, v in (("cpu_cost", cpu_cost), ("memory_cost", memory_cost)) if v is not None
     }
+    if not values:
+        raise InvalidRequest("give a cpu_cost or a memory_cost (or both)")
+    for key, value in values.items():
+        if not 0 <= value <= 1_000_000:
+            raise InvalidRequest(f"{key} must be between 0 and 1000000 per hour", field=key)
+    target = await get(rt, caller, name)
+    if target.kind != "host":
+        raise InvalidRequest(f"'{name}' is a {target.kind}: its prices come from its price table")
     async with rt.engine.begin() as conn:
         await conn.execute(update(m.Target).where(m.Target.id == target.id).values(**values))
-        await record(conn, [audit(target.id, caller.name, "target reservation set", **values)])
+        await record(conn, [audit(target.id, caller.name, "host costs set", **values)])
     return await get(rt, caller, name)
 
 

@@ -25,6 +25,7 @@ from broker.service import (
     instances,
     networks,
     policies,
+    reservations,
     targets,
     users,
 )
@@ -223,6 +224,51 @@ async def target_remove(request: web.Request) -> web.Response:
         rt_of(request), await caller_of(request), request.match_info["name"], force=force == "true"
     )
     return web.Response(status=204)
+
+
+async def target_reservation(request: web.Request) -> web.Response:
+    caller, data = await caller_of(request), await body(request)
+    view = await reservations.set_for_host(
+        rt_of(request),
+        caller,
+        request.match_info["name"],
+        cpu=views.amount(data, "cpu"),
+        memory=views.amount(data, "memory"),
+    )
+    return reply(views.target(view))
+
+
+async def target_costs(request: web.Request) -> web.Response:
+    caller, data = await caller_of(request), await body(request)
+    view = await targets.set_costs(
+        rt_of(request),
+        caller,
+        request.match_info["name"],
+        cpu_cost=views.opt_number(data, "cpu_cost"),
+        memory_cost=views.opt_number(data, "memory_cost"),
+    )
+    return reply(views.target(view))
+
+
+async def cluster_list(request: web.Request) -> web.Response:
+    return reply(await reservations.describe_clusters(rt_of(request), await caller_of(request)))
+
+
+async def cluster_show(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return reply(await reservations.get_cluster(rt_of(request), await caller_of(request), name))
+
+
+async def cluster_reservation(request: web.Request) -> web.Response:
+    caller, data = await caller_of(request), await body(request)
+    view = await reservations.set_for_cluster(
+        rt_of(request),
+        caller,
+        request.match_info["name"],
+        cpu=views.amount(data, "cpu"),
+        memory=views.amount(data, "memory"),
+    )
+    return reply(view)
 
 
 async def image_register(request: web.Request) -> web.Response:
@@ -435,6 +481,11 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("GET", "/api/v1/targets/{name}", target_show),
     ("POST", "/api/v1/targets/{name}/{verb:enable|disable|drain}", target_state),
     ("DELETE", "/api/v1/targets/{name}", target_remove),
+    ("PUT", "/api/v1/targets/{name}/reservation", target_reservation),
+    ("PUT", "/api/v1/targets/{name}/costs", target_costs),
+    ("GET", "/api/v1/clusters", cluster_list),
+    ("GET", "/api/v1/clusters/{name}", cluster_show),
+    ("PUT", "/api/v1/clusters/{name}/reservation", cluster_reservation),
     ("POST", "/api/v1/images", image_register),
     ("GET", "/api/v1/images", image_list),
     ("POST", "/api/v1/images/import", image_import),

@@ -40,6 +40,18 @@ def number(data: Mapping[str, Any], key: str, default: Any = _MISSING) -> float:
     return float(value)
 
 
+def opt_number(data: Mapping[str, Any], key: str) -> float | None:
+    return None if data.get(key) is None else number(data, key)
+
+
+def amount(data: Mapping[str, Any], key: str) -> str | None:
+    """A reservation: a number, or a string such as "2" or "25%"."""
+    value = data.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return opt_text(data, key)
+
+
 def flag(data: Mapping[str, Any], key: str) -> bool:
     value = data.get(key, False)
     if not isinstance(value, bool):

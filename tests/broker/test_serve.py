@@ -221,3 +221,30 @@ def test_image_import_streams_with_a_checksum(server: Server, tmp_path: Path) ->
     )
     again = cli(server.cfg, "image", "import", "x", str(tmp_path / "missing.img"), check=False)
     assert again.returncode == 2 and "Traceback" not in again.stderr
+
+
+def test_cli_reservations_and_costs(server: Server) -> None:
+    cfg = server.cfg
+    host = cli_json(cfg, "host", "reserve", "local-simulated", "--cpu", "25%", "--memory", "512")
+    assert isinstance(host, dict)
+    assert (host["reserved_cpu_pct"], host["reserved_memory_mb"]) == (25, 512)
+    host = cli_json(cfg, "host", "cost", "local-simulated", "--cpu-cost", "0.03")
+    assert isinstance(host, dict) and host["cpu_cost"] == 0.03
+    clusters = cli_json(cfg, "cluster", "list")
+    assert isinstance(clusters, list) and clusters
+    name = clusters[0]["name"]
+    made = cli_json(cfg, "cluster", "reserve", name, "--cpu", "-50%")
+    assert isinstance(made, dict) and made["reserved_cpu_pct"] == -50
+    for args in (
+        ("host", "reserve", "local-simulated", "--cpu", "lots"),
+        ("host", "reserve", "local-simulated"),
+        ("host", "reserve", "nosuchhost", "--cpu", "1"),
+        ("host", "cost", "local-simulated", "--memory-cost", "-2"),
+        ("cluster", "reserve", name, "--memory", "150%"),
+        ("cluster", "show", "nosuchcluster"),
+    ):
+        result = cli(cfg, *args, check=False)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    shown = cli_json(cfg, "host", "show", "local-simulated")
+    assert isinstance(shown, dict) and shown["reserved_cpu_pct"] == 25
