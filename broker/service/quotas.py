@@ -154,9 +154,13 @@ async def usage(conn: AsyncConnection, sid: str, kind: str) -> dict[str, float]:
 
 
 async def lock(conn: AsyncConnection, caller: Caller) -> None:
-    """Serialise a subject's quota checks until the transaction ends (PostgreSQL row locks)."""
-    await conn.execute(select(m.User.id).where(m.User.id == caller.user_id).with_for_update())
-    await conn.execute(select(m.Group.id).where(m.Group.id == caller.group_id).with_for_update())
+    """Serialise a subject's quota checks until the transaction ends (PostgreSQL row locks).
+
+    FOR NO KEY UPDATE: it excludes the other launches' locks but not the KEY SHARE locks that
+    foreign keys to the user take, so a launch inserting rows never deadlocks with another.
+    """
+    for table, rid in ((m.User, caller.user_id), (m.Group, caller.group_id)):
+        await conn.execute(select(table.id).where(table.id == rid).with_for_update(key_share=True))
 
 
 async def admit_instances(

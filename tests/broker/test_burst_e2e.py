@@ -5,6 +5,8 @@ backend over HTTP, the scheduler with the policy read from the database."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +70,11 @@ async def settle(rt: Runtime, sched: Scheduler, monitor: Monitor) -> None:
         await sched.drain()
 
 
-async def test_fill_local_then_burst_in_order_until_the_budget(
-    sqlite_rt: Runtime, moto_url: str, tmp_path: Path
-) -> None:
-    rt = sqlite_rt
+async def burst_world(
+    rt: Runtime, moto_url: str, tmp_path: Path, west_budget: float = 0.25, site: str = "cb-e2e"
+) -> tuple[str, dict[str, Any]]:
+    """A 4-CPU simulated local host and two moto regions; the image and the burst policy
+    (east: at most 2 instances; west: at most ``west_budget`` per hour at 0.10 each)."""
     node = tmp_path / "small.xml"
     node.write_text(
         simulated_node_file(tmp_path)
@@ -99,7 +102,7 @@ async def test_fill_local_then_burst_in_order_until_the_budget(
             kind="region",
             driver="ec2",
             secret=CREDS,
-            settings={"region": region, "endpoint": moto_url, "broker_id": "cb-e2e", **FAST},
+            settings={"region": region, "endpoint": moto_url, "broker_id": site, **FAST},
         )
     image = await images.register(
         rt, SYSTEM, images.ImageSpec(name="web", kind="kernel", kernel="/k", visibility="public")
@@ -115,12 +118,20 @@ async def test_fill_local_then_burst_in_order_until_the_budget(
             },
             {
                 "name": "west",
-                "max_spend_per_hour": 0.25,
+                "max_spend_per_hour": west_budget,
                 "image_map": {image.id: amis["west"]},
                 "prices": {"t3.micro": 0.10},
             },
         ],
     }
+    return image.id, document
+
+
+async def test_fill_local_then_burst_in_order_until_the_budget(
+    sqlite_rt: Runtime, moto_url: str, tmp_path: Path
+) -> None:
+    rt = sqlite_rt
+    image_id, document = await burst_world(rt, moto_url, tmp_path)
     bad = {**document, "targets": [{**document["targets"][0], "max_spend_per_hour": -1}]}
     with pytest.raises(InvalidRequest, match="targets"):
         await policies.set_policy(rt, SYSTEM, bad)
@@ -133,7 +144,7 @@ async def test_fill_local_then_burst_in_order_until_the_budget(
     alice = await make_user(rt, "alice")
     made = []
     for _ in range(7):  # 2 local (4 CPUs), 2 east (limit), 2 west (0.25 $/h), 1 waits
-        made += await instances.launch(rt, alice, LaunchRequest(image.id, "t3.micro"))
+        made += await instances.launch(rt, alice, LaunchRequest(image_id, "t3.micro"))
         await settle(rt, sched, monitor)
     views = [await instances.get(rt, alice, i.id) for i in made]
     assert [v.target_name for v in views] == [
@@ -154,6 +165,54 @@ async def test_fill_local_then_burst_in_order_until_the_budget(
     tested = await policies.test_policy(rt, SYSTEM, {**document, "targets": []})
     assert tested["pending"] == 1 and tested["by_target"] == {"(waits)": 1}
     assert len(await policies.history(rt, SYSTEM)) == 1
+
+
+async def test_limits_and_budgets_hold_exactly_under_50_concurrent_launches(
+    rt: Runtime, moto_url: str, tmp_path: Path
+) -> None:
+    """50 launches at once while the scheduler runs: 2 fit locally, east takes its limit of 2,
+    west its budget of 0.35/h at 0.10 each (3), and the other 43 wait: never one more."""
+    site = f"cb-50-{tmp_path.name[-12:]}"
+    image_id, document = await burst_world(rt, moto_url, tmp_path, west_budget=0.35, site=site)
+    await policies.set_policy(rt, SYSTEM, document, "50 at once")
+    assert rt.policy_factory is not None
+    sched = Scheduler(rt, rt.policy_factory(), rt.policy_factory)
+    monitor = Monitor(rt)
+    await monitor.cycle()
+    alice = await make_user(rt, "alice")
+    running = asyncio.create_task(sched.run())
+    try:
+        made = await asyncio.gather(
+            *(instances.launch(rt, alice, LaunchRequest(image_id, "t3.micro")) for _ in range(50))
+        )
+        await settle(rt, sched, monitor)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    await settle(rt, sched, monitor)
+    ids = [i.id for batch in made for i in batch]
+    assert len(set(ids)) == 50
+    views = [await instances.get(rt, alice, i) for i in ids]
+    where = collections.Counter(v.target_name for v in views)
+    assert where == {"local": 2, "east": 2, "west": 3, None: 43}, where
+    assert all(v.state is State.PENDING for v in views if v.target_name is None)
+    placed = [v for v in views if v.target_name is not None]
+    assert all(v.state is State.RUNNING for v in placed), [v.state_reason for v in placed]
+    ec2 = boto3.client(
+        "ec2",
+        region_name="eu-west-1",
+        endpoint_url=moto_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    ours = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:cloudbroker:broker", "Values": [site]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )
+    assert sum(len(r["Instances"]) for r in ours["Reservations"]) == 3
+    await sched.aclose()
 
 
 async def test_an_unmanaged_tagged_instance_becomes_an_event(
