@@ -579,6 +579,40 @@ def target_remove(ctx: Ctx, name: str) -> None:
     show(ctx, {"removed": name})
 
 
+@target.command("unmanaged")
+@click.argument("name")
+@pass_ctx
+def target_unmanaged(ctx: Ctx, name: str) -> None:
+    """Instances NAME runs with this broker's tag but no record, awaiting adopt or terminate."""
+    found = ctx.client().call("GET", f"/api/v1/targets/{_id(name)}/unmanaged")
+    show(ctx, found, ["ref", "reported_at", "message"])
+
+
+@target.command("adopt")
+@click.argument("name")
+@click.argument("ref")
+@click.option("--user", required=True, help="the user who will own it")
+@click.option("--flavor", required=True, help="our flavor for its size")
+@click.option("--image", required=True, help="our image it counts as launched from")
+@pass_ctx
+def target_adopt(ctx: Ctx, name: str, ref: str, user: str, flavor: str, image: str) -> None:
+    """Make an unmanaged instance one of ours; the monitor watches it from then on."""
+    body = {"user": user, "flavor": flavor, "image": image}
+    path = f"/api/v1/targets/{_id(name)}/unmanaged/{_id(ref)}/adopt"
+    show(ctx, ctx.client().call("POST", path, body))
+
+
+@target.command("terminate")
+@click.argument("name")
+@click.argument("ref")
+@click.confirmation_option(prompt="Terminate this instance on the target?")
+@pass_ctx
+def target_terminate(ctx: Ctx, name: str, ref: str) -> None:
+    """Terminate an unmanaged instance on the target."""
+    ctx.client().call("DELETE", f"/api/v1/targets/{_id(name)}/unmanaged/{_id(ref)}")
+    show(ctx, {"terminated": ref, "target": name})
+
+
 # --- placement and burst policy ---------------------------------------------------------------
 
 

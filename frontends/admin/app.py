@@ -27,6 +27,7 @@ from broker.service import (
     policies,
     reservations,
     targets,
+    unmanaged,
     users,
 )
 from broker.service.common import TagFilter
@@ -248,6 +249,35 @@ async def target_costs(request: web.Request) -> web.Response:
         memory_cost=views.opt_number(data, "memory_cost"),
     )
     return reply(views.target(view))
+
+
+async def unmanaged_list(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return reply(await unmanaged.describe(rt_of(request), await caller_of(request), name))
+
+
+async def unmanaged_adopt(request: web.Request) -> web.Response:
+    caller, data = await caller_of(request), await body(request)
+    rid = await unmanaged.adopt(
+        rt_of(request),
+        caller,
+        request.match_info["name"],
+        request.match_info["ref"],
+        user=views.text(data, "user"),
+        flavor=views.text(data, "flavor"),
+        image=views.text(data, "image"),
+    )
+    return reply(await instances.get(rt_of(request), caller, rid), 201)
+
+
+async def unmanaged_terminate(request: web.Request) -> web.Response:
+    await unmanaged.terminate(
+        rt_of(request),
+        await caller_of(request),
+        request.match_info["name"],
+        request.match_info["ref"],
+    )
+    return web.Response(status=204)
 
 
 async def cluster_list(request: web.Request) -> web.Response:
@@ -483,6 +513,9 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("DELETE", "/api/v1/targets/{name}", target_remove),
     ("PUT", "/api/v1/targets/{name}/reservation", target_reservation),
     ("PUT", "/api/v1/targets/{name}/costs", target_costs),
+    ("GET", "/api/v1/targets/{name}/unmanaged", unmanaged_list),
+    ("POST", "/api/v1/targets/{name}/unmanaged/{ref}/adopt", unmanaged_adopt),
+    ("DELETE", "/api/v1/targets/{name}/unmanaged/{ref}", unmanaged_terminate),
     ("GET", "/api/v1/clusters", cluster_list),
     ("GET", "/api/v1/clusters/{name}", cluster_show),
     ("PUT", "/api/v1/clusters/{name}/reservation", cluster_reservation),

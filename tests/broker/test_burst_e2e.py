@@ -20,11 +20,11 @@ from sqlalchemy import select
 from backends.libvirt.local import simulated_node_file
 from broker import model as m
 from broker.auth import SYSTEM
-from broker.errors import InvalidRequest
+from broker.errors import Forbidden, InvalidRequest, NotFound
 from broker.monitor import Monitor
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
-from broker.service import images, instances, policies, targets
+from broker.service import images, instances, policies, targets, unmanaged
 from broker.service.instances import LaunchRequest
 from broker.states import State
 from frontends.admin.views import explanation
@@ -215,7 +215,7 @@ async def test_limits_and_budgets_hold_exactly_under_50_concurrent_launches(
     await sched.aclose()
 
 
-async def test_an_unmanaged_tagged_instance_becomes_an_event(
+async def test_unmanaged_tagged_instances_are_reported_then_adopted_or_terminated(
     sqlite_rt: Runtime, moto_url: str
 ) -> None:
     rt = sqlite_rt
@@ -235,17 +235,18 @@ async def test_an_unmanaged_tagged_instance_becomes_an_event(
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    stray = ec2.run_instances(
+    made = ec2.run_instances(
         ImageId=remote_ami(moto_url, "us-east-1"),
-        MinCount=1,
-        MaxCount=1,
+        MinCount=2,
+        MaxCount=2,
         TagSpecifications=[
             {
                 "ResourceType": "instance",
                 "Tags": [{"Key": "cloudbroker:broker", "Value": "cb-unmanaged"}],
             }
         ],
-    )["Instances"][0]["InstanceId"]
+    )["Instances"]
+    keep, stray = sorted(i["InstanceId"] for i in made)
     monitor = Monitor(rt)
     for _ in range(3):  # the backend reports an instance once it has seen it twice
         await monitor.cycle()
@@ -257,4 +258,43 @@ async def test_an_unmanaged_tagged_instance_becomes_an_event(
                 )
             )
         ).all()
-    assert len(rows) == 1 and rows[0][1]["ref"] == stray and stray in rows[0][0]
+    assert sorted(r[1]["ref"] for r in rows) == [keep, stray] and stray in str(rows)
+    assert {u.ref for u in await unmanaged.describe(rt, SYSTEM, "east")} == {keep, stray}
+
+    alice = await make_user(rt, "alice")
+    image = await images.register(
+        rt, SYSTEM, images.ImageSpec(name="web", kind="kernel", kernel="/k", visibility="public")
+    )
+    with pytest.raises(Forbidden):
+        await unmanaged.adopt(rt, alice, "east", keep, user="alice", flavor="t3.micro", image="x")
+    with pytest.raises(NotFound):
+        await unmanaged.adopt(
+            rt, SYSTEM, "east", "i-0nosuch", user="alice", flavor="t3.micro", image=image.id
+        )
+    with pytest.raises(NotFound):
+        await unmanaged.adopt(
+            rt, SYSTEM, "east", keep, user="nobody", flavor="t3.micro", image=image.id
+        )
+    with pytest.raises(InvalidRequest):
+        await unmanaged.adopt(rt, SYSTEM, "east", keep, user="alice", flavor="x9", image=image.id)
+    with pytest.raises(NotFound):
+        await unmanaged.terminate(rt, SYSTEM, "east", "i-0nosuch")
+    assert not (await instances.describe(rt, alice, instances.InstanceFilter())).items
+
+    rid = await unmanaged.adopt(
+        rt, SYSTEM, "east", keep, user="alice", flavor="t3.micro", image=image.id
+    )
+    await unmanaged.terminate(rt, SYSTEM, "east", stray)
+    assert await unmanaged.describe(rt, SYSTEM, "east") == []
+    with pytest.raises(NotFound):  # decided once, for good
+        await unmanaged.terminate(rt, SYSTEM, "east", keep)
+    for _ in range(2):
+        await monitor.cycle()
+    adopted = await instances.get(rt, alice, rid)
+    assert adopted.state is State.RUNNING and adopted.target_name == "east"
+    states = {
+        i["InstanceId"]: i["State"]["Name"]
+        for r in ec2.describe_instances(InstanceIds=[keep, stray])["Reservations"]
+        for i in r["Instances"]
+    }
+    assert states[keep] == "running" and states[stray] in ("shutting-down", "terminated")

@@ -67,6 +67,15 @@ async def test_operator_flow(api: tuple[TestServer, ClientSession, str]) -> None
         ("GET", "/api/v1/instances?limit=abc", None, 400),
         ("GET", "/api/v1/instances?state=flying", None, 400),
         ("GET", "/api/v1/nothing-here", None, 404),
+        ("GET", "/api/v1/targets/none/unmanaged", None, 404),
+        ("POST", "/api/v1/targets/none/unmanaged/i-0a/adopt", {}, 400),
+        ("POST", "/api/v1/targets/none/unmanaged/i-0a/adopt", {"user": "operator"}, 400),
+        ("DELETE", "/api/v1/targets/none/unmanaged/i-0a", None, 404),
+        ("PUT", "/api/v1/targets/none/reservation", {"cpu": "1"}, 404),
+        ("PUT", "/api/v1/targets/none/reservation", {"cpu": True}, 400),
+        ("PUT", "/api/v1/targets/none/costs", {"cpu_cost": "cheap"}, 400),
+        ("PUT", "/api/v1/clusters/none/reservation", {"memory": "12GB"}, 400),
+        ("GET", "/api/v1/clusters/none", None, 404),
     ],
 )
 async def test_bad_input_is_a_json_error_and_changes_nothing(
