@@ -63,6 +63,8 @@ setup(
         "cloudbroker.commands": [
             "lab = backends.libvirt.labcli:lab",
             "peer = backends.peer.cli:peer",
+            "usage = broker.usagecli:usage",
+            "showback = broker.usagecli:showback",
         ],
         "cloudbroker.local": [
             "libvirt = backends.libvirt.local:add_local_host",

@@ -1,8 +1,9 @@
 """The composition root: read config, open the database, load plugins, run everything.
 
 ``serve`` migrates SQLite on start, seeds a fresh database, adds the local host on first start,
-starts the scheduler and the monitor, and one aiohttp listener per enabled frontend found
-through the ``cloudbroker.frontends`` entry points. SIGTERM and SIGINT shut it all down cleanly.
+starts the scheduler, the monitor and the accounting pass, and one aiohttp listener per enabled
+frontend found through the ``cloudbroker.frontends`` entry points. SIGTERM and SIGINT shut it
+all down cleanly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from broker import db, plugins
+from broker.accounting import run_accounting
 from broker.config import Config, ListenerSection
 from broker.errors import BrokerError, ConfigError
 from broker.monitor import Monitor
@@ -102,6 +104,12 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
             log.info("%s listening on %s", name, rt.listeners[name])
         tasks.append(asyncio.create_task(scheduler.run(), name="scheduler"))
         tasks.append(asyncio.create_task(monitor.run(), name="monitor"))
+        accounting_cfg = config.accounting
+        tasks.append(
+            asyncio.create_task(
+                run_accounting(rt, accounting_cfg.interval, accounting_cfg.batch), name="accounting"
+            )
+        )
         yield rt
     finally:
         for task in tasks:

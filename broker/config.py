@@ -57,6 +57,12 @@ class SchedulerSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class AccountingSection:
+    interval: float = 60.0
+    batch: int = 200
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     broker: BrokerSection = BrokerSection()
     database: DatabaseSection = DatabaseSection()
@@ -65,6 +71,7 @@ class Config:
     admin: ListenerSection = ListenerSection(listen="127.0.0.1:8780")
     monitor: MonitorSection = MonitorSection()
     scheduler: SchedulerSection = SchedulerSection()
+    accounting: AccountingSection = AccountingSection()
     source: str = ""
 
     @property
@@ -78,7 +85,7 @@ class Config:
         return f"sqlite+aiosqlite:///{self.data_path / 'broker.db'}"
 
 
-_SECTIONS = ("broker", "database", "ec2", "occi", "admin", "monitor", "scheduler")
+_SECTIONS = ("broker", "database", "ec2", "occi", "admin", "monitor", "scheduler", "accounting")
 
 
 def _coerce(section: str, key: str, raw: Any, default: Any) -> Any:
@@ -136,8 +143,10 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         kwargs[section] = dataclasses.replace(current, **updates)
     for section in ("ec2", "occi", "admin"):
         _check_listen(section, kwargs[section].listen)
-    if kwargs["monitor"].interval <= 0 or kwargs["scheduler"].interval <= 0:
+    if min(kwargs[s].interval for s in ("monitor", "scheduler", "accounting")) <= 0:
         raise ConfigError("intervals must be positive")
+    if kwargs["accounting"].batch < 1:
+        raise ConfigError("[accounting] batch must be at least 1")
     return Config(**kwargs)
 
 

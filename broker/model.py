@@ -449,6 +449,7 @@ class Event(Base):
     to_state: Mapped[str] = mapped_column(String(16), default="")
     message: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    __table_args__ = (Index("ix_events_kind_at", "kind", "at"),)
 
 
 class Quota(Base):

@@ -280,14 +280,13 @@ class PeerBackend:
                 connect=float(s.get("connect_timeout", 3.0)),
             )
             self._http = aiohttp.ClientSession(timeout=timeout)
-        auth = aiohttp.BasicAuth(
-            str(self.config.secret.get("access_key", "")),
-            str(self.config.secret.get("secret_key", "")),
-        )
+        secret = self.config.secret
+        pair = f"{secret.get('access_key', '')}:{secret.get('secret_key', '')}"
+        auth = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
         url = f"{self.admin_url}/api/v1/capacity"
         what = f"the capacity document of peer {self.name}"
         try:
-            async with self._http.get(url, auth=auth) as resp:
+            async with self._http.get(url, headers=auth) as resp:
                 raw = await resp.read()
                 status = resp.status
         except TimeoutError as exc:

@@ -547,6 +547,8 @@ def create_app(rt: Runtime) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     # uploads stream past client_max_size: only image_upload reads request.content itself
     app[RUNTIME] = rt
-    for method, path, handler in ROUTES:
+    from frontends.admin import usage  # its handlers use this module's helpers
+
+    for method, path, handler in (*ROUTES, *usage.ROUTES):
         app.router.add_route(method, path, handler)
     return app
