@@ -1,9 +1,9 @@
 """The composition root: read config, open the database, load plugins, run everything.
 
 ``serve`` migrates SQLite on start, seeds a fresh database, adds the local host on first start,
-starts the scheduler, the monitor and the accounting pass, and one aiohttp listener per enabled
-frontend found through the ``cloudbroker.frontends`` entry points. SIGTERM and SIGINT shut it
-all down cleanly.
+starts the scheduler, the monitor, the hook runner and the accounting pass, and one aiohttp
+listener per enabled frontend found through the ``cloudbroker.frontends`` entry points. SIGTERM
+and SIGINT shut it all down cleanly.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from broker import db, plugins
 from broker.accounting import run_accounting
 from broker.config import Config, ListenerSection
 from broker.errors import BrokerError, ConfigError
+from broker.hooks import run_hooks
 from broker.monitor import Monitor
 from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
@@ -104,6 +105,7 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
             log.info("%s listening on %s", name, rt.listeners[name])
         tasks.append(asyncio.create_task(scheduler.run(), name="scheduler"))
         tasks.append(asyncio.create_task(monitor.run(), name="monitor"))
+        tasks.append(asyncio.create_task(run_hooks(rt, config.hooks), name="hooks"))
         accounting_cfg = config.accounting
         tasks.append(
             asyncio.create_task(

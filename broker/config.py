@@ -63,6 +63,23 @@ class AccountingSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class HooksSection:
+    """How the hook runner works (broker/hooks.py)."""
+
+    concurrency: int = 8  # runs at once
+    poll_interval: float = 1.0  # seconds between reads of the event log when idle
+    batch: int = 500  # events read at once
+    output_limit: int = 4096  # bytes of output kept per run
+    gap_wait: float = 60.0  # seconds a skipped event id is waited for
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.batch < 1 or self.output_limit < 1:
+            raise ConfigError("[hooks] concurrency, batch and output_limit must be at least 1")
+        if not self.poll_interval > 0 or self.gap_wait < 0:
+            raise ConfigError("[hooks] poll_interval must be positive and gap_wait not negative")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     broker: BrokerSection = BrokerSection()
     database: DatabaseSection = DatabaseSection()
@@ -72,6 +89,7 @@ class Config:
     monitor: MonitorSection = MonitorSection()
     scheduler: SchedulerSection = SchedulerSection()
     accounting: AccountingSection = AccountingSection()
+    hooks: HooksSection = HooksSection()
     source: str = ""
 
     @property
@@ -85,7 +103,17 @@ class Config:
         return f"sqlite+aiosqlite:///{self.data_path / 'broker.db'}"
 
 
-_SECTIONS = ("broker", "database", "ec2", "occi", "admin", "monitor", "scheduler", "accounting")
+_SECTIONS = (
+    "broker",
+    "database",
+    "ec2",
+    "occi",
+    "admin",
+    "monitor",
+    "scheduler",
+    "accounting",
+    "hooks",
+)
 
 
 def _coerce(section: str, key: str, raw: Any, default: Any) -> Any:

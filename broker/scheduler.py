@@ -16,15 +16,18 @@ import datetime as dt
 import functools
 import itertools
 import logging
+import time
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from broker import metrics
 from broker import model as m
 from broker.errors import BrokerError
 from broker.events import EventRecord, record, transition
 from broker.groupcommit import GroupCommit
+from broker.hooks import budget_events
 from broker.model import utcnow
 from broker.protocols import (
     Decision,
@@ -54,6 +57,7 @@ AFTER: dict[Action, tuple[State, State | None]] = {
 }
 LAUNCH_TIMEOUT = 300.0
 ACTION_TIMEOUT = 180.0
+BUDGET_SAMPLE = 20  # waiting decisions explained per cycle to notice a burst budget reached
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,13 +83,16 @@ class Scheduler:
         self.cfg = rt.config.scheduler
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._per_target: dict[str, asyncio.Semaphore] = {}
+        self._budget_reported: set[str] = set()
 
     async def run(self) -> None:
         while True:
+            started = time.perf_counter()
             try:
                 await self.cycle()
             except Exception:  # the loop must survive anything one cycle meets
                 log.exception("scheduler cycle failed")
+            metrics.observe_cycle(self.rt, time.perf_counter() - started, len(self._inflight))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.rt.scheduler_wake.wait(), self.cfg.interval)
             self.rt.scheduler_wake.clear()
@@ -117,7 +124,13 @@ class Scheduler:
         now = utcnow()
         placed = [d for d in decisions if d.target_id is not None]
         waiting = [d for d in decisions if d.target_id is None]
+        budget: list[EventRecord] = []
+        if waiting and any(t.kind != "host" for t in targets):
+            # a target refused for its budget is refused to every waiting request that would
+            # fit it, so a sample finds it without explaining the whole batch
+            budget = budget_events(waiting[:BUDGET_SAMPLE], targets, self._budget_reported)
         async with self.rt.engine.begin() as conn:
+            await record(conn, budget)
             if placed:
                 await conn.execute(
                     update(m.Instance)

@@ -9,7 +9,7 @@ what="${1:-run}"
 PKGS_RUN="python3 python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-clients
 libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils cpio busybox-static
 iproute2 openssh-server openssh-client xz-utils"
-PKGS_TEST="$PKGS_RUN postgresql libxml2-utils"
+PKGS_TEST="$PKGS_RUN postgresql libxml2-utils chromium"
 if [ "$what" = test ]; then pkgs="$PKGS_TEST"; else pkgs="$PKGS_RUN"; fi
 
 missing=""

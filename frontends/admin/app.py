@@ -128,6 +128,11 @@ async def health(request: web.Request) -> web.Response:
     return reply({"status": "ok", "region": rt.config.broker.region, "listeners": rt.listeners})
 
 
+async def root(request: web.Request) -> web.Response:
+    """The admin listener's root is the web interface."""
+    raise web.HTTPFound("/ui/")
+
+
 async def whoami(request: web.Request) -> web.Response:
     return reply(await caller_of(request))
 
@@ -497,6 +502,7 @@ async def policy_test(request: web.Request) -> web.Response:
 
 
 ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
+    ("GET", "/", root),
     ("GET", "/api/v1/health", health),
     ("GET", "/api/v1/whoami", whoami),
     ("GET", "/api/v1/capacity", capacity.capacity),
@@ -544,11 +550,16 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
 
 
 def create_app(rt: Runtime) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    from broker import metrics
+    from frontends.admin import hooks, usage  # their handlers use this module's helpers
+    from frontends.web.app import create_app as create_web_app
+
+    app = web.Application(
+        middlewares=[metrics.middleware(rt, "admin"), error_middleware], client_max_size=MAX_BODY
+    )
     # uploads stream past client_max_size: only image_upload reads request.content itself
     app[RUNTIME] = rt
-    from frontends.admin import usage  # its handlers use this module's helpers
-
-    for method, path, handler in (*ROUTES, *usage.ROUTES):
+    for method, path, handler in (*ROUTES, *usage.ROUTES, *hooks.ROUTES):
         app.router.add_route(method, path, handler)
+    app.add_subapp("/ui/", create_web_app(rt))
     return app
