@@ -28,6 +28,7 @@ from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
 from broker.seed import seed
+from broker.service import policies
 
 log = logging.getLogger("cloudbroker")
 FRONTENDS = ("ec2", "occi", "admin")
@@ -45,6 +46,12 @@ async def open_runtime(config: Config, *, migrate: bool | None = None) -> Runtim
     first = await seed(rt)
     if first and config.broker.local_host != "none":
         await add_local_host(rt)
+    if config.policy is not None:
+        try:
+            await policies.apply_file_policy(rt, config.policy)
+        except BaseException:
+            await rt.aclose()
+            raise
     return rt
 
 

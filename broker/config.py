@@ -90,6 +90,7 @@ class Config:
     scheduler: SchedulerSection = SchedulerSection()
     accounting: AccountingSection = AccountingSection()
     hooks: HooksSection = HooksSection()
+    policy: Mapping[str, Any] | None = None  # [policy]: a burst policy document (optional)
     source: str = ""
 
     @property
@@ -147,7 +148,12 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     """Build a :class:`Config` from parsed TOML plus environment overrides."""
     base = Config()
     merged: dict[str, dict[str, Any]] = {}
+    policy = data.get("policy")
+    if policy is not None and not isinstance(policy, Mapping):
+        raise ConfigError("[policy] must be a table")
     for section, values in data.items():
+        if section == "policy":
+            continue  # a document the policy plugin validates when the broker starts
         if section not in _SECTIONS:
             raise ConfigError(f"unknown configuration section [{section}]")
         if not isinstance(values, Mapping):
@@ -175,7 +181,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         raise ConfigError("intervals must be positive")
     if kwargs["accounting"].batch < 1:
         raise ConfigError("[accounting] batch must be at least 1")
-    return Config(**kwargs)
+    return Config(**kwargs, policy=policy)
 
 
 def _check_listen(section: str, value: str) -> None:

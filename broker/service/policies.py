@@ -17,7 +17,7 @@ from sqlalchemy import insert, select
 
 from broker import model as m
 from broker.auth import Caller, require_admin
-from broker.errors import InvalidRequest
+from broker.errors import ConfigError, InvalidRequest
 from broker.events import audit, record
 from broker.model import utcnow
 from broker.protocols import PolicyFactory
@@ -117,3 +117,31 @@ async def test_policy(rt: Runtime, caller: Caller, document: Any | None = None) 
             for d in decisions
         ],
     }
+
+
+FILE_AUTHOR = "broker.toml"
+
+
+async def apply_file_policy(rt: Runtime, document: Any) -> PolicyVersionView | None:
+    """Put the ``[policy]`` of broker.toml in force when its text changed since it last was.
+
+    Compared with the newest version the file itself set, not with the newest of all, so a
+    change an operator made since through the CLI or the admin API stays in force until the
+    file is edited. A document that does not validate stops the broker from starting.
+    """
+    caller = Caller(user_id="", name=FILE_AUTHOR, group_id="", role="admin")
+    try:
+        normal = _validated(rt, document)
+    except InvalidRequest as exc:
+        where = rt.config.source or "the configuration"
+        raise ConfigError(f"[policy] in {where}: {exc.message}") from None
+    async with rt.engine.connect() as conn:
+        last = await conn.scalar(
+            select(m.PolicyVersion.document)
+            .where(m.PolicyVersion.author == FILE_AUTHOR)
+            .order_by(m.PolicyVersion.id.desc())
+            .limit(1)
+        )
+    if last == normal:
+        return None
+    return await set_policy(rt, caller, normal, f"from {rt.config.source or 'the configuration'}")
