@@ -225,6 +225,26 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+class VolumeBackend(Protocol):
+    """What a backend that stores volumes adds: its disks follow the broker's volumes.
+
+    ``attach_volume`` makes the disk on first use (``volume.backend_ref`` is None) and returns
+    its reference there; ``detach_volume`` and ``delete_volume`` take that reference back.
+    """
+
+    async def attach_volume(self, ref: str, volume: VolumeSpec) -> str: ...
+    async def detach_volume(self, ref: str, volume: VolumeSpec, *, force: bool = False) -> None: ...
+    async def delete_volume(self, volume: VolumeSpec) -> None: ...
+
+
+VOLUME_METHODS = ("attach_volume", "detach_volume", "delete_volume")
+
+
+def stores_volumes(backend: object) -> bool:
+    """Whether a backend (or its class) implements :class:`VolumeBackend`."""
+    return all(callable(getattr(backend, name, None)) for name in VOLUME_METHODS)
+
+
 class BackendFactory(Protocol):
     kind: ClassVar[str]
 

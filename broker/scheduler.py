@@ -38,10 +38,12 @@ from broker.protocols import (
     PolicyFactory,
 )
 from broker.runtime import Runtime
+from broker.service import quotas
 from broker.service.instances import release
 from broker.snapshots import pending_requests, snapshot_targets
 from broker.specs import launch_specs
 from broker.states import Action, State, can_move
+from broker.volumework import VolumeWorker
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class Scheduler:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._per_target: dict[str, asyncio.Semaphore] = {}
         self._budget_reported: set[str] = set()
+        self.volumes = VolumeWorker(rt)
 
     async def run(self) -> None:
         while True:
@@ -100,6 +103,7 @@ class Scheduler:
     async def cycle(self) -> None:
         await self.place()
         await self.dispatch()
+        await self.volumes.cycle()
 
     async def drain(self) -> None:
         """Wait for the work in flight (tests and shutdown)."""
@@ -131,6 +135,14 @@ class Scheduler:
             budget = budget_events(waiting[:BUDGET_SAMPLE], targets, self._budget_reported)
         async with self.rt.engine.begin() as conn:
             await record(conn, budget)
+            kinds = {t.id: t.kind for t in targets}
+            bursts = {d.instance_id for d in placed if kinds.get(d.target_id or "") != "host"}
+            if bursts:  # a burst also spends: the owner's and group's spend quotas decide
+                refused = await quotas.spend_refusals(
+                    conn, [r for r in requests if r.instance_id in bursts]
+                )
+                placed = [d for d in placed if d.instance_id not in refused]
+                waiting += [Decision(i, None, "waits: " + why) for i, why in refused.items()]
             if placed:
                 await conn.execute(
                     update(m.Instance)

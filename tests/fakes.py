@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from broker.protocols import LaunchSpec, Observed, Placement, TargetConfig, TargetProbe
+from broker.protocols import (
+    LaunchSpec,
+    Observed,
+    Placement,
+    TargetConfig,
+    TargetProbe,
+    VolumeSpec,
+)
 from broker.states import Action, State
 
 AFTER = {
@@ -21,12 +28,15 @@ AFTER = {
 class FakeBackend:
     kind: ClassVar[str] = "fake"
     fail_launches: ClassVar[int] = 0
+    fail_volumes: ClassVar[int] = 0  # the next N volume operations fail
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
         self.domains: dict[str, State] = {}
         self.launched: list[str] = []
         self.down = False
+        self.disks: dict[str, int] = {}  # our volume ref -> size in GiB
+        self.attached: dict[str, dict[str, str]] = {}  # instance ref -> device -> volume ref
 
     @staticmethod
     async def validate(config: TargetConfig) -> None:
@@ -68,6 +78,29 @@ class FakeBackend:
 
     async def console(self, ref: str) -> str:
         return f"console of {ref}\n"
+
+    def _volume_fault(self) -> None:
+        if FakeBackend.fail_volumes:
+            FakeBackend.fail_volumes -= 1
+            raise ConnectionError("volume operation refused")
+
+    async def attach_volume(self, ref: str, volume: VolumeSpec) -> str:
+        self._volume_fault()
+        if ref not in self.domains:
+            raise LookupError(f"no domain {ref}")
+        vref = volume.backend_ref or f"disk-{volume.volume_id}"
+        self.disks.setdefault(vref, volume.size_gb)
+        self.attached.setdefault(ref, {})[volume.device] = vref
+        return vref
+
+    async def detach_volume(self, ref: str, volume: VolumeSpec, *, force: bool = False) -> None:
+        self._volume_fault()
+        self.attached.get(ref, {}).pop(volume.device, None)
+
+    async def delete_volume(self, volume: VolumeSpec) -> None:
+        self._volume_fault()
+        if volume.backend_ref is not None:
+            self.disks.pop(volume.backend_ref, None)
 
     async def aclose(self) -> None:
         return None

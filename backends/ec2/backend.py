@@ -75,7 +75,14 @@ from broker.errors import (
     QuotaExceeded,
     Unsupported,
 )
-from broker.protocols import LaunchSpec, Observed, Placement, TargetConfig, TargetProbe
+from broker.protocols import (
+    LaunchSpec,
+    Observed,
+    Placement,
+    TargetConfig,
+    TargetProbe,
+    VolumeSpec,
+)
 from broker.states import Action, State
 
 log = logging.getLogger(__name__)
@@ -720,6 +727,38 @@ class Ec2Backend:
 
     # --- volumes --------------------------------------------------------------------------
 
+    async def attach_volume(self, ref: str, volume: VolumeSpec) -> str:
+        """Make the EBS volume in the instance's zone on first use, then attach it there."""
+        vref = volume.backend_ref
+        if vref is None:
+            vref = await self.create_volume(volume.volume_id, volume.size_gb, await self._zone(ref))
+            await self._until_available(vref)
+        await self.attach_remote(vref, ref, _ebs_device(volume.device))
+        return vref
+
+    async def detach_volume(self, ref: str, volume: VolumeSpec, *, force: bool = False) -> None:
+        if volume.backend_ref is not None:
+            await self.detach_remote(volume.backend_ref, ref, force=force)
+
+    async def delete_volume(self, volume: VolumeSpec) -> None:
+        if volume.backend_ref is not None:
+            await self.delete_remote(volume.backend_ref)
+
+    async def _zone(self, ref: str) -> str:
+        got = await self._call("DescribeInstances", {"InstanceIds": [ref]})
+        for reservation in got.get("Reservations", ()):
+            for inst in reservation.get("Instances", ()):
+                return str(inst["Placement"]["AvailabilityZone"])
+        raise NotFound(f"EC2 has no instance {ref} in {self.region}")
+
+    async def _until_available(self, vref: str, tries: int = 30) -> None:
+        for _ in range(tries):
+            got = await self._call("DescribeVolumes", {"VolumeIds": [vref]})
+            if any(v.get("State") == "available" for v in got.get("Volumes", ())):
+                return
+            await asyncio.sleep(1.0)
+        raise BackendTimeout(f"the EBS volume {vref} did not become available")
+
     async def create_volume(self, volume_id: str, size_gb: int, zone: str | None = None) -> str:
         """A volume in this region tagged with our id; idempotent per ``volume_id``."""
         if zone is None:
@@ -741,7 +780,7 @@ class Ec2Backend:
         made = await self._create("CreateVolume", params, TAG_VOLUME, 0)
         return str(made[0]["VolumeId"])
 
-    async def attach_volume(self, volume_ref: str, instance_ref: str, device: str) -> str:
+    async def attach_remote(self, volume_ref: str, instance_ref: str, device: str) -> str:
         params = {"VolumeId": volume_ref, "InstanceId": instance_ref, "Device": device}
         try:
             got = await self._call("AttachVolume", params)
@@ -751,7 +790,7 @@ class Ec2Backend:
             raise
         return str(got.get("State", "attaching"))
 
-    async def detach_volume(
+    async def detach_remote(
         self, volume_ref: str, instance_ref: str | None = None, *, force: bool = False
     ) -> str:
         if instance_ref is None:
@@ -768,7 +807,7 @@ class Ec2Backend:
             raise
         return str(got.get("State", "detaching"))
 
-    async def delete_volume(self, volume_ref: str) -> None:
+    async def delete_remote(self, volume_ref: str) -> None:
         with contextlib.suppress(NotFound):
             await self._call("DeleteVolume", {"VolumeId": volume_ref})
 
@@ -779,3 +818,8 @@ class Ec2Backend:
                 if att.get("State") in ("attaching", "attached"):
                     return str(att["InstanceId"])
         return None
+
+
+def _ebs_device(device: str) -> str:
+    """EC2 names attachment points /dev/sd* or /dev/xvd*; our /dev/vdX becomes /dev/sdX."""
+    return "/dev/sd" + device.removeprefix("/dev/vd") if device.startswith("/dev/vd") else device

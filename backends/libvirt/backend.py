@@ -25,7 +25,14 @@ from backends.libvirt import domain as dom
 from backends.libvirt.configdrive import build_config_drive
 from backends.libvirt.states import to_state
 from broker.errors import BackendError, BackendTimeout, BackendUnavailable, InvalidRequest
-from broker.protocols import LaunchSpec, Observed, Placement, TargetConfig, TargetProbe
+from broker.protocols import (
+    LaunchSpec,
+    Observed,
+    Placement,
+    TargetConfig,
+    TargetProbe,
+    VolumeSpec,
+)
 from broker.states import Action, State
 
 T = TypeVar("T")
@@ -290,6 +297,58 @@ class LibvirtBackend:
         if not self.simulated:
             shutil.rmtree(files["dir"], ignore_errors=True)
 
+    # --- volumes --------------------------------------------------------------------------
+
+    def _volume_disk(self, volume: VolumeSpec) -> dom.VolumeDisk:
+        path = volume.backend_ref or str(self.dir / "volumes" / f"{volume.volume_id}.qcow2")
+        suffix = volume.device.removeprefix("/dev/").lstrip("sxvh").removeprefix("d")
+        prefix = "xvd" if self.hypervisor == "xen" else "vd"
+        serial = volume.volume_id.replace("-", "")  # virtio serials hold 20 characters
+        return dom.VolumeDisk(path, prefix + suffix, "qcow2", serial=serial)
+
+    async def attach_volume(self, ref: str, volume: VolumeSpec) -> str:
+        return await self._run(self._attach_volume, ref, volume)
+
+    def _attach_volume(self, ref: str, volume: VolumeSpec) -> str:
+        disk = self._volume_disk(volume)
+        xml = dom.attach_volume_xml(disk, hypervisor=self.hypervisor)
+        if not self.simulated and not Path(disk.path).exists():
+            Path(disk.path).parent.mkdir(parents=True, exist_ok=True)
+            _qemu_img("create", "-q", "-f", "qcow2", disk.path, f"{volume.size_gb}G")
+        self._change_disk(ref, xml, attach=True)
+        return disk.path
+
+    async def detach_volume(self, ref: str, volume: VolumeSpec, *, force: bool = False) -> None:
+        await self._run(self._detach_volume, ref, volume)
+
+    def _detach_volume(self, ref: str, volume: VolumeSpec) -> None:
+        xml = dom.detach_volume_xml(self._volume_disk(volume), hypervisor=self.hypervisor)
+        self._change_disk(ref, xml, attach=False)
+
+    async def delete_volume(self, volume: VolumeSpec) -> None:
+        if not self.simulated:
+            path = Path(self._volume_disk(volume).path)
+            await self._run(lambda: path.unlink(missing_ok=True))
+
+    def _change_disk(self, ref: str, xml: str, *, attach: bool) -> None:
+        """Hot-plug (and keep in the persistent definition) or unplug one disk. libvirt's test
+        driver has no hot-plug: on a simulated host the persistent definition is rewritten."""
+        conn = self._connection()
+        what = f"{'attach' if attach else 'detach'} a disk on {ref}"
+        try:
+            d = conn.lookupByName(ref)
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if d.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            if self.simulated:
+                conn.defineXML(dom.with_disk(d.XMLDesc(0), xml, present=attach))
+            elif attach:
+                d.attachDeviceFlags(xml, flags)
+            else:
+                d.detachDeviceFlags(xml, flags)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, what) from exc
+
     # --- actions --------------------------------------------------------------------------
 
     async def act(self, ref: str, action: Action, *, force: bool = False) -> Observed | None:
@@ -355,19 +414,19 @@ class LibvirtBackend:
             d.destroy()
 
 
+def _qemu_img(*args: str) -> None:
+    result = subprocess.run(
+        ["qemu-img", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        raise BackendError(f"qemu-img {args[0]} failed: {result.stderr.strip()[:300]}")
+
+
 def _overlay(base: str, path: Path) -> None:
     """A qcow2 overlay backed by the image, so instances share the image read-only."""
     if not Path(base).is_file():
         raise BackendError(f"the image file {base} is not on this host")
-    result = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", _format_of(base), "-b", base, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise BackendError(f"qemu-img create failed: {result.stderr.strip()[:300]}")
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", _format_of(base), "-b", base, str(path))
 
 
 def _format_of(path: str) -> str:

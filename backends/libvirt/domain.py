@@ -252,6 +252,23 @@ def detach_volume_xml(volume: VolumeDisk, *, hypervisor: Hypervisor) -> str:
     return attach_volume_xml(volume, hypervisor=hypervisor)
 
 
+def with_disk(domain_xml: str, disk_xml: str, *, present: bool) -> str:
+    """The domain document with the disk added (``present``) or its target's disk removed."""
+    root, disk = _parse(domain_xml), _parse(disk_xml)
+    target = disk.find("target")
+    dev = target.get("dev") if target is not None else None
+    devices = root.find("devices")
+    if devices is None or dev is None:
+        raise InvalidRequest("a domain document needs <devices> and a disk a target")
+    for old in devices.findall("disk"):
+        found = old.find("target")
+        if found is not None and found.get("dev") == dev:
+            devices.remove(old)
+    if present:
+        devices.append(disk)
+    return _serialise(root)
+
+
 def _os(spec: DomainSpec, *, pv: bool) -> etree._Element:
     os_el = etree.Element("os")
     type_attrs = {"arch": spec.arch}

@@ -577,9 +577,10 @@ class VmwareBackend:
         self._task(f"attach {volume.volume_id} to {ref}", lambda: vm.ReconfigVM_Task(spec=spec))
         return path
 
-    async def detach_volume(self, ref: str, path: str) -> None:
-        """Detach the disk at ``path`` from the VM, keeping its file."""
-        await self._run(self._detach_volume, ref, path)
+    async def detach_volume(self, ref: str, volume: VolumeSpec, *, force: bool = False) -> None:
+        """Detach the volume's disk from the VM, keeping its file."""
+        if volume.backend_ref is not None:
+            await self._run(self._detach_volume, ref, volume.backend_ref)
 
     def _detach_volume(self, ref: str, path: str) -> None:
         vm = self._require(ref)
@@ -598,8 +599,9 @@ class VmwareBackend:
         spec = vim.vm.ConfigSpec(deviceChange=[dev.remove(disk)])
         self._task(f"detach {path} from {ref}", lambda: vm.ReconfigVM_Task(spec=spec))
 
-    async def delete_volume(self, path: str) -> None:
-        await self._run(self._delete_volume, path)
+    async def delete_volume(self, volume: VolumeSpec) -> None:
+        if volume.backend_ref is not None:
+            await self._run(self._delete_volume, volume.backend_ref)
 
     def _delete_volume(self, path: str) -> None:
         where = self.where()

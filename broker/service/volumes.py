@@ -6,17 +6,19 @@ instances under a device name (``/dev/sdf``, ``/dev/xvdf``, ``/dev/vdb``...; the
 the root's) that is unique on that instance, and only in the instance's zone when it has one
 (the zone asked for at launch, or else the cluster of the target it was placed on).
 
-What is carried out now and what later: no backend stores volumes yet, so creating one makes it
-``available`` at once, attaching sets ``in-use`` with ``attach_state='attached'`` at once, and
-snapshots are ``completed`` at once; each change records an event. When the scheduler learns to
-attach disks, attach will write ``attach_state='attaching'`` and leave the rest to it. Deleting
-a volume that a backend holds (it has a ``backend_ref``) marks it ``deleting`` for the backend to
-reap, as terminating an instance does for its delete-on-termination volumes; one no backend
-holds is removed at once.
+Attaching and detaching are carried out on the instance's target by the scheduler
+(:mod:`broker.volumework`): the service checks, then records ``attach_state='attaching'`` (the
+volume ``in-use``) or ``'detaching'`` and answers at once, as EC2 does; the target's disk is
+made on the first attach, and from then on the volume lives on that target and attaches only
+to instances there. An instance on a target whose driver holds no volumes is refused with
+Unsupported, never recorded as attached. Deleting a volume that a target holds (it has a
+``backend_ref``) marks it ``deleting`` for the scheduler to remove there, as terminating an
+instance does for its delete-on-termination volumes; one no target holds goes at once.
 
-Snapshots are private to their owner. Deleting one is always allowed: EC2 refuses only when an
-AMI is registered from it, and images here never come from snapshots; volumes made from it are
-independent.
+Snapshots are recorded here and ``completed`` at once: no backend copies a disk yet, so a
+volume made from a snapshot starts empty with the snapshot's size. Snapshots are private to
+their owner. Deleting one is always allowed: EC2 refuses only when an AMI is registered from
+it, and images here never come from snapshots; volumes made from it are independent.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from broker import ids
 from broker import model as m
 from broker.auth import Caller, Ownership, authorize
-from broker.errors import InvalidRequest, InvalidState, NotFound
+from broker.errors import InvalidRequest, InvalidState, NotFound, Unsupported
 from broker.events import audit, record
+from broker.protocols import stores_volumes
 from broker.runtime import Runtime
+from broker.service import quotas
 from broker.service.common import (
     Page,
     TagFilter,
@@ -195,6 +199,8 @@ async def create(
                     resource="volume",
                     field="Size",
                 )
+        await quotas.admit(conn, caller, "volumes", 1, "volume")
+        await quotas.admit(conn, caller, "volume_gb", size or 0, "volume")
         await conn.execute(
             insert(m.Volume).values(
                 id=vid,
@@ -284,7 +290,7 @@ async def _volume(conn: AsyncConnection, caller: Caller, volume_id: str) -> Any:
     check_ids("volume", [volume_id], "volume")
     row = (
         await conn.execute(
-            select(*_COLS, m.Volume.group_id, m.Volume.backend_ref)
+            select(*_COLS, m.Volume.group_id, m.Volume.backend_ref, m.Volume.target_id)
             .where(m.Volume.id == volume_id)
             .with_for_update()
         )
@@ -305,6 +311,37 @@ async def _placed_zone(conn: AsyncConnection, instance_id: str) -> str | None:
     )
 
 
+async def _check_holds_volumes(
+    rt: Runtime,
+    conn: AsyncConnection,
+    target_id: str | None,
+    volume_target: str | None,
+    instance_id: str,
+    volume_id: str,
+) -> None:
+    """The instance's target must hold volumes, and be the one the volume's disk is on."""
+    if target_id is None:
+        raise InvalidState(
+            f"the instance '{instance_id}' is not placed on a target yet",
+            resource="instance",
+            state="pending",
+        )
+    if volume_target is not None and volume_target != target_id:
+        raise InvalidRequest(
+            f"the volume '{volume_id}' is stored on another target than '{instance_id}'",
+            resource="volume",
+            field="InstanceId",
+        )
+    name, driver = (
+        await conn.execute(select(m.Target.name, m.Target.driver).where(m.Target.id == target_id))
+    ).one()
+    if rt.backends is None or not stores_volumes(rt.backends.factory(driver)):
+        raise Unsupported(
+            f"volumes cannot be attached to instances on '{name}': its {driver} driver holds "
+            "no volumes"
+        )
+
+
 def check_device(device: str) -> None:
     if not DEVICE.match(device):
         raise InvalidRequest(
@@ -317,18 +354,21 @@ def check_device(device: str) -> None:
 async def attach(
     rt: Runtime, caller: Caller, volume_id: str, instance_id: str, device: str
 ) -> AttachmentView:
-    """Attach an available volume to one of the caller's instances as ``device``.
-
-    For now the attachment is recorded as done (``attach_state='attached'``); see the module
-    docstring for what the scheduler will take over.
-    """
+    """Attach an available volume to one of the caller's instances as ``device``: recorded
+    as ``attaching`` for the scheduler to carry out on the instance's target."""
     check_device(device)
     check_ids("instance", [instance_id], "instance")
     async with rt.engine.begin() as conn:
         vol = await _volume(conn, caller, volume_id)
         inst = (
             await conn.execute(
-                select(m.Instance.owner_id, m.Instance.group_id, m.Instance.state, m.Instance.zone)
+                select(
+                    m.Instance.owner_id,
+                    m.Instance.group_id,
+                    m.Instance.state,
+                    m.Instance.zone,
+                    m.Instance.target_id,
+                )
                 .where(m.Instance.id == instance_id)
                 .with_for_update()
             )
@@ -358,6 +398,7 @@ async def attach(
                 resource="volume",
                 field="zone",
             )
+        await _check_holds_volumes(rt, conn, inst[4], vol[13], instance_id, volume_id)
         taken = await conn.scalar(
             select(m.Volume.id).where(
                 m.Volume.instance_id == instance_id, m.Volume.device == device
@@ -372,7 +413,9 @@ async def attach(
         await conn.execute(
             update(m.Volume)
             .where(m.Volume.id == volume_id)
-            .values(state="in-use", instance_id=instance_id, device=device, attach_state="attached")
+            .values(
+                state="in-use", instance_id=instance_id, device=device, attach_state="attaching"
+            )
         )
         await record(
             conn,
@@ -383,7 +426,8 @@ async def attach(
                 audit(instance_id, caller.name, "volume attached", volume=volume_id, device=device),
             ],
         )
-    return AttachmentView(volume_id, instance_id, device, "attached", bool(vol[9]))
+    rt.wake_scheduler()
+    return AttachmentView(volume_id, instance_id, device, "attaching", bool(vol[9]))
 
 
 async def detach(
@@ -395,11 +439,9 @@ async def detach(
     device: str | None = None,
     force: bool = False,
 ) -> AttachmentView:
-    """Detach an attached volume (matching ``instance_id`` and ``device`` when given).
-
-    ``force`` is recorded in the event; it will matter once a backend carries detaches out (a
-    forced detach does not wait for the guest to release the disk).
-    """
+    """Detach an attached volume (matching ``instance_id`` and ``device`` when given):
+    recorded as ``detaching`` for the scheduler to carry out on the instance's target.
+    ``force`` is recorded in the event."""
     if instance_id is not None:
         check_ids("instance", [instance_id], "instance")
     async with rt.engine.begin() as conn:
@@ -408,6 +450,12 @@ async def detach(
         if attached_to is None or vol[4] != "in-use":
             raise InvalidState(
                 f"the volume '{volume_id}' is not attached", resource="volume", state=vol[4]
+            )
+        if vol[8] != "attached":
+            raise InvalidState(
+                f"the volume '{volume_id}' is {vol[8]}; wait until it is attached",
+                resource="volume",
+                state=str(vol[8]),
             )
         if (instance_id is not None and instance_id != attached_to) or (
             device is not None and device != dev
@@ -418,9 +466,7 @@ async def detach(
                 field=volume_id,
             )
         await conn.execute(
-            update(m.Volume)
-            .where(m.Volume.id == volume_id)
-            .values(state="available", instance_id=None, device=None, attach_state=None)
+            update(m.Volume).where(m.Volume.id == volume_id).values(attach_state="detaching")
         )
         await record(
             conn,
@@ -429,7 +475,8 @@ async def detach(
                 audit(attached_to, caller.name, "volume detached", volume=volume_id, force=force),
             ],
         )
-    return AttachmentView(volume_id, attached_to, dev or "", "detached", bool(vol[9]))
+    rt.wake_scheduler()
+    return AttachmentView(volume_id, attached_to, dev or "", "detaching", bool(vol[9]))
 
 
 async def delete(rt: Runtime, caller: Caller, volume_id: str) -> None:

@@ -7,14 +7,18 @@ from sqlalchemy import func, insert, select, update
 
 from broker import model as m
 from broker.auth import SYSTEM, Caller
-from broker.errors import InvalidRequest, InvalidState, NotFound
+from broker.errors import InvalidRequest, InvalidState, NotFound, Unsupported
+from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
 from broker.seed import zone_name
 from broker.service import images, instances, targets
 from broker.service import volumes as vols
 from broker.service.common import TagFilter
 from broker.service.volumes import SnapshotFilter, VolumeFilter
+from broker.states import State
+from broker.volumework import VolumeWorker
 from tests.conftest import Tenants
+from tests.fakes import FakeBackend
 
 
 async def count(rt: Runtime, table: type[m.Base]) -> int:
@@ -22,18 +26,51 @@ async def count(rt: Runtime, table: type[m.Base]) -> int:
         return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
 
 
+async def fake_target(rt: Runtime) -> str:
+    """A host in the seeded zone whose (in-memory) backend holds volumes."""
+    found = await targets.describe(rt, SYSTEM, "f1")
+    if found:
+        return found[0].id
+    rt.backends = BackendRegistry(
+        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: FakeBackend
+    )  # type: ignore[arg-type,return-value]
+    view = await targets.add(
+        rt, SYSTEM, name="f1", kind="host", driver="fake", hypervisor="kvm", cluster=zone_name(rt)
+    )
+    return view.id
+
+
 async def make_instance(
-    rt: Runtime, caller: Caller, state: str = "running", zone: str | None = None
+    rt: Runtime,
+    caller: Caller,
+    state: str = "running",
+    zone: str | None = None,
+    placed: bool = True,
 ) -> str:
+    """An instance in ``state``; ``placed``: running as a domain on the fake host f1."""
+    tid = await fake_target(rt)
     img = await images.register(
         rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")
     )
     (inst,) = await instances.launch(
         rt, caller, instances.LaunchRequest(img.id, "t3.micro", zone=zone)
     )
+    where = {"target_id": tid, "backend_ref": inst.id} if placed else {}
     async with rt.engine.begin() as conn:
-        await conn.execute(update(m.Instance).where(m.Instance.id == inst.id).values(state=state))
+        await conn.execute(
+            update(m.Instance).where(m.Instance.id == inst.id).values(state=state, **where)
+        )
+    if placed:
+        assert rt.backends is not None
+        backend = await rt.backends.get(tid)
+        assert isinstance(backend, FakeBackend)
+        backend.domains[inst.id] = State(state)
     return inst.id
+
+
+async def work(rt: Runtime) -> None:
+    """One scheduler pass over the volume work asked for."""
+    await VolumeWorker(rt).cycle()
 
 
 async def test_create_and_describe(rt: Runtime, tenants: Tenants) -> None:
@@ -90,9 +127,18 @@ async def test_attach_and_detach(rt: Runtime, tenants: Tenants) -> None:
     iid = await make_instance(rt, alice, zone=zone)
     vol = await vols.create(rt, alice, zone, 10)
     att = await vols.attach(rt, alice, vol.id, iid, "/dev/sdf")
-    assert (att.instance_id, att.device, att.state) == (iid, "/dev/sdf", "attached")
+    assert (att.instance_id, att.device, att.state) == (iid, "/dev/sdf", "attaching")
+    view = await vols.get(rt, alice, vol.id)
+    assert (view.state, view.instance_id, view.attach_state) == ("in-use", iid, "attaching")
+    with pytest.raises(InvalidState):  # not attached yet
+        await vols.detach(rt, alice, vol.id)
+    await work(rt)
     view = await vols.get(rt, alice, vol.id)
     assert (view.state, view.instance_id, view.attach_state) == ("in-use", iid, "attached")
+    host = await fake_backend(rt)
+    assert (
+        host.attached[iid] == {"/dev/sdf": f"disk-{vol.id}"} and host.disks[f"disk-{vol.id}"] == 10
+    )
     flt = VolumeFilter(instance_ids=(iid,))
     assert [v.id for v in (await vols.describe(rt, alice, flt)).items] == [vol.id]
     with pytest.raises(InvalidState):  # in use
@@ -107,11 +153,16 @@ async def test_attach_and_detach(rt: Runtime, tenants: Tenants) -> None:
     with pytest.raises(NotFound):
         await vols.detach(rt, alice, vol.id, instance_id=iid, device="/dev/sdz")
     done = await vols.detach(rt, alice, vol.id, instance_id=iid, force=True)
-    assert (done.state, done.device) == ("detached", "/dev/sdf")
+    assert (done.state, done.device) == ("detaching", "/dev/sdf")
+    await work(rt)
     assert (await vols.get(rt, alice, vol.id)).state == "available"
+    assert host.attached[iid] == {"/dev/vdb": f"disk-{other.id}"}
     with pytest.raises(InvalidState):
         await vols.detach(rt, alice, vol.id)
-    await vols.delete(rt, alice, vol.id)
+    await vols.delete(rt, alice, vol.id)  # its disk is on f1: deleted there first
+    assert (await vols.get(rt, alice, vol.id)).state == "deleting"
+    await work(rt)
+    assert f"disk-{vol.id}" not in host.disks
     with pytest.raises(NotFound):
         await vols.get(rt, alice, vol.id)
     async with rt.engine.connect() as conn:
@@ -123,9 +174,72 @@ async def test_attach_and_detach(rt: Runtime, tenants: Tenants) -> None:
     assert list(messages) == [
         "volume created",
         "volume attached",
+        "volume attached on its target",
         "volume detached",
+        "volume detached from its target",
         "volume deleted",
+        "volume deleted on its target",
     ]
+
+
+async def fake_backend(rt: Runtime) -> FakeBackend:
+    assert rt.backends is not None
+    backend = await rt.backends.get(await fake_target(rt))
+    assert isinstance(backend, FakeBackend)
+    return backend
+
+
+async def test_target_failures_leave_the_volume_as_it_was(rt: Runtime, tenants: Tenants) -> None:
+    alice, zone = tenants.alice, zone_name(rt)
+    iid = await make_instance(rt, alice, zone=zone)
+    vol = await vols.create(rt, alice, zone, 4)
+    await vols.attach(rt, alice, vol.id, iid, "/dev/sdf")
+    FakeBackend.fail_volumes = 1
+    try:
+        await work(rt)
+    finally:
+        FakeBackend.fail_volumes = 0
+    view = await vols.get(rt, alice, vol.id)
+    assert (view.state, view.instance_id, view.attach_state) == ("available", None, None)
+    await vols.attach(rt, alice, vol.id, iid, "/dev/sdf")
+    await work(rt)
+    await vols.detach(rt, alice, vol.id)
+    FakeBackend.fail_volumes = 1
+    try:
+        await work(rt)
+    finally:
+        FakeBackend.fail_volumes = 0
+    view = await vols.get(rt, alice, vol.id)
+    assert (view.state, view.attach_state) == ("in-use", "attached")
+    async with rt.engine.connect() as conn:
+        errors = (
+            await conn.scalars(
+                select(m.Event.message).where(m.Event.kind == "error").order_by(m.Event.id)
+            )
+        ).all()
+    assert [e.split(":")[0] for e in errors] == [
+        "attach failed",
+        f"attach of {vol.id} failed",
+        "detach failed",
+        f"detach of {vol.id} failed",
+    ]
+
+
+async def test_a_target_that_holds_no_volumes_is_refused(rt: Runtime, tenants: Tenants) -> None:
+    alice, zone = tenants.alice, zone_name(rt)
+    iid = await make_instance(rt, alice, zone=zone)
+    vol = await vols.create(rt, alice, zone, 4)
+
+    class NoVolumes(FakeBackend):
+        attach_volume = None  # type: ignore[assignment]
+
+    assert rt.backends is not None
+    rt.backends = BackendRegistry(
+        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: NoVolumes
+    )  # type: ignore[arg-type,return-value]
+    with pytest.raises(Unsupported, match="holds no volumes"):
+        await vols.attach(rt, alice, vol.id, iid, "/dev/sdf")
+    assert (await vols.get(rt, alice, vol.id)).state == "available"
 
 
 async def test_attach_checks_create_nothing(rt: Runtime, tenants: Tenants) -> None:
@@ -134,7 +248,7 @@ async def test_attach_checks_create_nothing(rt: Runtime, tenants: Tenants) -> No
         await targets.ensure_cluster(conn, "other-1a")
     vol = await vols.create(rt, alice, zone, 10)
     far = await vols.create(rt, alice, "other-1a", 10)
-    pending = await make_instance(rt, alice, state="pending")
+    pending = await make_instance(rt, alice, state="pending", placed=False)
     done = await make_instance(rt, alice, state="done")
     zoned = await make_instance(rt, alice, zone=zone)
     for device in ("sdf", "/dev/sda", "/dev/vda", "/dev/sdf1", "/dev/../etc", "/dev/nvme0n1"):
@@ -171,8 +285,9 @@ async def test_attach_checks_create_nothing(rt: Runtime, tenants: Tenants) -> No
         )
     with pytest.raises(InvalidRequest):
         await vols.attach(rt, alice, far.id, placed, "/dev/sdf")
-    anywhere = await make_instance(rt, alice, state="poweroff")  # not placed: any zone goes
-    await vols.attach(rt, alice, far.id, anywhere, "/dev/xvdf")
+    unplaced = await make_instance(rt, alice, state="poweroff", placed=False)
+    with pytest.raises(InvalidState):  # nowhere to make its disk
+        await vols.attach(rt, alice, far.id, unplaced, "/dev/xvdf")
 
 
 async def test_snapshots(rt: Runtime, tenants: Tenants) -> None:

@@ -18,6 +18,7 @@ from broker.auth import SYSTEM
 from broker.errors import BackendUnavailable, InvalidRequest, NoCapacity, Unsupported
 from broker.monitor import Monitor
 from broker.plugins import BackendRegistry
+from broker.protocols import VolumeSpec, stores_volumes
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
 from broker.service import images, instances, targets
@@ -245,14 +246,42 @@ async def test_volumes_attach_and_detach(make_backend: MakeBackend, raw: Any, am
     ]["AvailabilityZone"]
     vol = await backend.create_volume("vol-0123456789abcdef0", 4, zone)
     assert await backend.create_volume("vol-0123456789abcdef0", 4, zone) == vol  # idempotent
-    assert await backend.attach_volume(vol, placed.ref, "/dev/sdf") in ("attaching", "attached")
+    assert await backend.attach_remote(vol, placed.ref, "/dev/sdf") in ("attaching", "attached")
     attached = raw.describe_volumes(VolumeIds=[vol])["Volumes"][0]["Attachments"]
     assert attached[0]["InstanceId"] == placed.ref
-    assert await backend.attach_volume(vol, placed.ref, "/dev/sdf") in ("attaching", "attached")
-    assert await backend.detach_volume(vol, placed.ref) in ("detaching", "detached")
-    assert await backend.detach_volume(vol) == "detached"  # looked up: nothing to do
-    await backend.delete_volume(vol)
-    await backend.delete_volume(vol)
+    assert await backend.attach_remote(vol, placed.ref, "/dev/sdf") in ("attaching", "attached")
+    assert await backend.detach_remote(vol, placed.ref) in ("detaching", "detached")
+    assert await backend.detach_remote(vol) == "detached"  # looked up: nothing to do
+    await backend.delete_remote(vol)
+    await backend.delete_remote(vol)
+
+
+async def test_the_volume_protocol_makes_the_ebs_volume_in_the_instances_zone(
+    make_backend: MakeBackend, raw: Any, ami: str
+) -> None:
+    backend = make_backend()
+    assert stores_volumes(backend)
+    placed = await backend.launch(spec(ami))
+    zone = raw.describe_instances(InstanceIds=[placed.ref])["Reservations"][0]["Instances"][0][
+        "Placement"
+    ]["AvailabilityZone"]
+    volume = VolumeSpec("vol-0fedcba9876543210", "/dev/vdc", 3)
+    vref = await backend.attach_volume(placed.ref, volume)
+    (made,) = raw.describe_volumes(VolumeIds=[vref])["Volumes"]
+    assert (made["AvailabilityZone"], made["Size"]) == (zone, 3)
+    assert made["Attachments"][0]["InstanceId"] == placed.ref
+    assert made["Attachments"][0]["Device"] == "/dev/sdc"
+    attached = VolumeSpec(volume.volume_id, volume.device, 3, vref)
+    assert await backend.attach_volume(placed.ref, attached) == vref  # a retry makes no second
+    await backend.detach_volume(placed.ref, attached)
+    assert raw.describe_volumes(VolumeIds=[vref])["Volumes"][0]["Attachments"] == []
+    await backend.delete_volume(attached)
+    ours = raw.describe_volumes(
+        Filters=[{"Name": f"tag:{batching.TAG_VOLUME}", "Values": [volume.volume_id]}]
+    )["Volumes"]
+    assert [v["VolumeId"] for v in ours if v["State"] not in ("deleting", "deleted")] == []
+    with pytest.raises(Exception, match="NotFound"):
+        raw.describe_volumes(VolumeIds=[vref])
 
 
 async def test_validate(tmp_path: Any, moto_url: str, broker_id: str) -> None:

@@ -109,6 +109,18 @@ def domain_xml(state: LabState, rid: str) -> str:
     return ""
 
 
+VOLUME_WAIT = {"Delay": 1, "MaxAttempts": 60}
+
+
+def wait_attached(ec2: Any, vid: str, want: str) -> None:
+    for _ in range(60):
+        (vol,) = ec2.describe_volumes(VolumeIds=[vid])["Volumes"]
+        if vol["Attachments"] and vol["Attachments"][0]["State"] == want:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{vid} never {want}: {vol}")
+
+
 def waiter(ec2: Any, name: str, rid: str) -> None:
     ec2.get_waiter(name).wait(InstanceIds=[rid], WaiterConfig={"Delay": 1, "MaxAttempts": 180})
 
@@ -136,6 +148,24 @@ def test_boto3_launch_boots_a_real_guest_and_leaves_nothing(
     text = wait_console(ec2, rid, MARKER, USERDATA_END, READY_MARKER)
     assert USER_DATA in text.split(USERDATA_BEGIN, 1)[1]
     assert rid in lab_get(state, f"http://{ip}/", text + domain_xml(state, rid))
+
+    # a volume hot-plugged into the running guest, then unplugged and deleted with its file
+    (placed,) = ec2.describe_instances(InstanceIds=[rid])["Reservations"][0]["Instances"]
+    vid = ec2.create_volume(AvailabilityZone=placed["Placement"]["AvailabilityZone"], Size=1)[
+        "VolumeId"
+    ]
+    ec2.attach_volume(VolumeId=vid, InstanceId=rid, Device="/dev/sdf")
+    ec2.get_waiter("volume_in_use").wait(VolumeIds=[vid], WaiterConfig=VOLUME_WAIT)
+    wait_attached(ec2, vid, "attached")
+    live = domain_xml(state, rid)
+    assert "<target dev='vdf' bus='virtio'/>" in live and vid.replace("-", "") in live, live
+    (disk,) = (server.cfg.parent / "data" / "hosts").glob(f"*/volumes/{vid}.qcow2")
+    ec2.detach_volume(VolumeId=vid)
+    ec2.get_waiter("volume_available").wait(VolumeIds=[vid], WaiterConfig=VOLUME_WAIT)
+    assert "vdf" not in domain_xml(state, rid)
+    ec2.delete_volume(VolumeId=vid)
+    ec2.get_waiter("volume_deleted").wait(VolumeIds=[vid], WaiterConfig=VOLUME_WAIT)
+    assert not disk.exists()
 
     ec2.stop_instances(InstanceIds=[rid])
     waiter(ec2, "instance_stopped", rid)

@@ -17,7 +17,7 @@ from backends.vmware.vcsim import Simulator
 from broker.auth import SYSTEM
 from broker.errors import BackendError, BackendUnavailable, InvalidRequest
 from broker.monitor import Monitor
-from broker.protocols import TargetConfig, VolumeSpec
+from broker.protocols import TargetConfig, VolumeSpec, stores_volumes
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
 from broker.service import images, instances, targets
@@ -331,14 +331,14 @@ async def test_volumes_snapshots_and_prompt_power_changes(esx: Simulator) -> Non
         path = await backend.attach_volume("i-00000000000000aa", VolumeSpec("vol-1", "/dev/sdb", 2))
         assert path.endswith("cloudbroker-volumes/vol-1.vmdk")
         assert path in await backend.attached_disks("i-00000000000000aa")
-        await backend.detach_volume("i-00000000000000aa", path)
+        held = VolumeSpec("vol-1", "/dev/sdb", 2, backend_ref=path)
+        await backend.detach_volume("i-00000000000000aa", held)
         assert path not in await backend.attached_disks("i-00000000000000aa")
-        again = await backend.attach_volume(
-            "i-00000000000000aa", VolumeSpec("vol-1", "/dev/sdb", 2, backend_ref=path)
-        )
+        again = await backend.attach_volume("i-00000000000000aa", held)
         assert again == path
-        await backend.detach_volume("i-00000000000000aa", path)
-        await backend.delete_volume(path)
+        await backend.detach_volume("i-00000000000000aa", held)
+        await backend.delete_volume(held)
+        assert stores_volumes(backend)
         await backend.snapshot("i-00000000000000aa", "before")
         assert await backend.snapshots("i-00000000000000aa") == ["before"]
         await backend.revert_snapshot("i-00000000000000aa", "before")

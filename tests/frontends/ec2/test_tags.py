@@ -3,6 +3,7 @@ filters and paging, tag filters on every Describe, DryRun, tenant isolation and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -17,7 +18,9 @@ from broker.auth import Caller
 from broker.errors import NotFound
 from broker.service import keypairs as keypair_svc
 from broker.service import security_groups as sg_svc
+from broker.states import State
 from frontends.ec2.actions import addresses, keypairs, security_groups, tags, volumes
+from tests.fakes import FakeBackend
 from tests.frontends.ec2.conftest import ZONE, Server, Tenant, client
 from tests.frontends.ec2.test_instances import error_of
 from tests.frontends.ec2.test_protocol import RECORDS, _replay
@@ -204,6 +207,7 @@ async def _seed_wire(server: Server) -> None:
         caller = Caller(user_id=row[0], name=row[2], group_id=row[1])
         if await conn.scalar(select(m.Cluster.id).where(m.Cluster.name == _WIRE_ZONE)) is None:
             await conn.execute(insert(m.Cluster).values(id=ids.new_id("cluster"), name=_WIRE_ZONE))
+        host = await conn.scalar(select(m.Target.id).where(m.Target.name == "h1"))
         for n, rid in enumerate(_WIRE_INSTANCES):
             if await conn.scalar(select(m.Instance.id).where(m.Instance.id == rid)) is None:
                 await conn.execute(
@@ -219,6 +223,8 @@ async def _seed_wire(server: Server) -> None:
                         state="poweroff",
                         zone=_WIRE_ZONE,
                         private_ip=f"10.99.0.{n + 10}",
+                        target_id=host,
+                        backend_ref=rid,
                     )
                 )
         for vid in _WIRE_VOLUMES:
@@ -249,11 +255,28 @@ async def _seed_wire(server: Server) -> None:
                 id=ids.new_id("address"), owner_id=caller.user_id, public_ip=_WIRE_ADDRESS
             )
         )
+    assert rt.backends is not None and host is not None
+    backend = await rt.backends.get(host)
+    assert isinstance(backend, FakeBackend)
+    backend.domains.update(dict.fromkeys(_WIRE_INSTANCES, State.POWEROFF))
     for name in ("boto-key", "boto-imported", "mykey", "importedkey"):
         await keypair_svc.delete(rt, caller, name)
     for group in ("boto-sg", "g1"):
         with contextlib.suppress(NotFound):
             await sg_svc.delete(rt, caller, name=group)
+
+
+async def _volumes_settled(server: Server) -> None:
+    """Wait until the scheduler has carried out every attach and detach asked for."""
+    for _ in range(200):
+        async with server.rt.engine.connect() as conn:
+            busy = await conn.scalar(
+                select(m.Volume.id).where(m.Volume.attach_state.in_(("attaching", "detaching")))
+            )
+        if busy is None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("volume work was not carried out")
 
 
 def test_captured_requests_for_these_actions_succeed(server: Server) -> None:
@@ -269,6 +292,8 @@ def test_captured_requests_for_these_actions_succeed(server: Server) -> None:
         reply = _replay(server, rec)
         status, code = _NOT_OK.get((*key, index), (200, ""))
         assert (reply.status, reply.code) == (status, code), (rec["id"], reply.body[:400])
+        if rec["action"] in ("AttachVolume", "DetachVolume"):
+            server.run(_volumes_settled(server))
         if status == 200:
             version = dict(rec["params"])["Version"]
             root = etree.fromstring(reply.body)

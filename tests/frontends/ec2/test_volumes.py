@@ -70,7 +70,8 @@ def test_volume_lifecycle_and_filters(server: Server, ec2: Any) -> None:
     with pytest.raises(ClientError) as exc:
         ec2.detach_volume(VolumeId=vid)
     assert error_of(exc) == ("IncorrectState", 400)
-    ec2.delete_volume(VolumeId=vid)
+    ec2.delete_volume(VolumeId=vid)  # its disk is on the instance's host: deleted there first
+    ec2.get_waiter("volume_deleted").wait(VolumeIds=[vid], WaiterConfig=FAST)
     assert _volume_ids(ec2) == {other}
 
 

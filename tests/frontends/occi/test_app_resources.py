@@ -97,6 +97,10 @@ async def test_inline_links_and_link_collections(occi: Client, server: Server) -
     link = await occi.get(f"/link/storagelink/{vid}", accept="application/json")
     assert link.json()["attributes"]["occi.storagelink.deviceid"] == "/dev/vdc"
     assert (await occi.delete(f"/link/storagelink/{vid}")).status == 200
+    for _ in range(200):  # the detach is carried out on the host by the scheduler
+        if (await occi.get(f"/link/storagelink/{vid}")).status == 404:
+            break
+        await asyncio.sleep(0.05)
     again = await occi.post(
         "/link/storagelink/",
         f'Category: storagelink; scheme="{INFRA}"; class="kind"\n'
