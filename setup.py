@@ -67,7 +67,9 @@ setup(
         "cloudbroker.commands": [
             "lab = backends.libvirt.labcli:lab",
             "peer = backends.peer.cli:peer",
+            "group = broker.tenancycli:group",
             "hook = broker.hookcli:hook",
+            "quota = broker.tenancycli:quota",
             "usage = broker.usagecli:usage",
             "showback = broker.usagecli:showback",
         ],

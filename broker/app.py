@@ -27,7 +27,7 @@ from broker.monitor import Monitor
 from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
-from broker.seed import seed
+from broker.seed import refresh_operator_file, seed
 from broker.service import policies
 
 log = logging.getLogger("cloudbroker")
@@ -44,6 +44,7 @@ async def open_runtime(config: Config, *, migrate: bool | None = None) -> Runtim
     rt.backends = BackendRegistry(rt.engine, rt.box.open, str(config.data_path))
     rt.policy_factory = plugins.load("cloudbroker.policies", "default")
     first = await seed(rt)
+    refresh_operator_file(rt)
     if first and config.broker.local_host != "none":
         await add_local_host(rt)
     if config.policy is not None:
@@ -138,7 +139,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     async with running(config) as rt:
         print(
             f"cloudbroker serving region {config.broker.region}: "
-            + ", ".join(f"{k} http://{v}" for k, v in rt.listeners.items()),
+            + ", ".join(
+                f"{k} {'https' if getattr(config, k).tls_cert else 'http'}://{v}"
+                for k, v in rt.listeners.items()
+            ),
             flush=True,
         )
         print(f"operator credential: {config.data_path / 'operator.json'}", flush=True)

@@ -69,11 +69,27 @@ def zone_name(rt: Runtime) -> str:
     return f"{rt.config.broker.region}a"
 
 
+def admin_url(rt: Runtime) -> str:
+    scheme = "https" if rt.config.admin.tls_cert else "http"
+    return f"{scheme}://{rt.config.admin.listen}"
+
+
 def write_operator_file(rt: Runtime, token: str) -> None:
     path = operator_file(rt)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"url": f"http://{rt.config.admin.listen}", "token": token}, fh)
+        json.dump({"url": admin_url(rt), "token": token}, fh)
     tmp.replace(path)
+
+
+def refresh_operator_file(rt: Runtime) -> None:
+    """Point the saved credential at the admin listener as configured now (its address or TLS
+    may have changed since the first start); the token stays."""
+    try:
+        saved = json.loads(operator_file(rt).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(saved, dict) and saved.get("token") and saved.get("url") != admin_url(rt):
+        write_operator_file(rt, str(saved["token"]))

@@ -31,6 +31,7 @@ from broker.auth import Caller, Ownership, authorize
 from broker.errors import InvalidRequest, InvalidState, NotFound, QuotaExceeded
 from broker.events import audit, record
 from broker.runtime import Runtime
+from broker.service import quotas
 from broker.service.common import TagFilter, check_ids, check_values, tag_conditions, tags_for
 from broker.service.tags import check_tags, drop_tags, insert_tags
 
@@ -123,6 +124,7 @@ async def allocate(
                         resource="address",
                         field="AddressLimitExceeded",
                     )
+                await quotas.admit(conn, caller, "addresses", 1, "address")
                 ip = await _free_address(conn, net)
                 await conn.execute(
                     insert(m.Address).values(id=aid, owner_id=caller.user_id, public_ip=ip)

@@ -16,6 +16,7 @@ from broker.auth import Caller, Ownership, authorize, require_admin
 from broker.errors import InvalidRequest, InvalidState, NotFound
 from broker.events import audit, record
 from broker.runtime import Runtime
+from broker.service import quotas
 from broker.service.common import (
     Page,
     TagFilter,
@@ -150,6 +151,7 @@ async def register(
         require_admin(caller)
     iid = ids.new_id("image")
     async with rt.engine.begin() as conn:
+        await quotas.admit(conn, caller, "images", 1, "image")
         await conn.execute(
             insert(m.Image).values(
                 id=iid,
@@ -191,7 +193,10 @@ async def describe(
         conds.append(m.Image.owner_id.in_(owners))
     if flt.executable_by:
         who = {caller.user_id if e == "self" else e for e in flt.executable_by}
-        granted = select(m.LaunchPermission.image_id).where(m.LaunchPermission.grantee.in_(who))
+        grantees = who | {caller.group_id} if caller.user_id in who else who
+        granted = select(m.LaunchPermission.image_id).where(
+            m.LaunchPermission.grantee.in_(grantees)
+        )
         parts: list[Any] = [m.Image.id.in_(granted)]
         if "all" in who:
             parts.append(m.Image.visibility == "public")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -19,6 +20,7 @@ from broker import model as m
 from broker.auth import Caller, require_admin
 from broker.errors import InvalidRequest, NotFound, QuotaExceeded
 from broker.events import audit, record
+from broker.protocols import PlacementRequest
 from broker.runtime import Runtime
 
 RESOURCES = (
@@ -220,3 +222,42 @@ async def admit(
                 resource=what,
                 field=resource,
             )
+
+
+async def spend_refusals(
+    conn: AsyncConnection, bursts: Sequence[PlacementRequest]
+) -> dict[str, str]:
+    """Which of these bursts would pass their user's or group's ``spend_per_hour`` quota, with
+    why; the others are charged in order, so one placement batch never passes a quota either."""
+    subjects = {r.owner_id for r in bursts} | {r.group_id for r in bursts}
+    limits = {
+        sid: lim
+        for sid, lim in await conn.execute(
+            select(m.Quota.subject_id, m.Quota.limit).where(
+                m.Quota.resource == "spend_per_hour", m.Quota.subject_id.in_(subjects)
+            )
+        )
+    }
+    if not limits:
+        return {}
+    prices = {n: p for n, p in await conn.execute(select(m.Flavor.name, m.Flavor.price_per_hour))}
+    spent = {
+        sid: (await usage(conn, sid, "group" if sid.startswith("g-") else "user"))["spend_per_hour"]
+        for sid in limits
+    }
+    refused: dict[str, str] = {}
+    for req in bursts:
+        price = float(prices.get(req.flavor, 0.0))
+        charged = [sid for sid in (req.owner_id, req.group_id) if sid in limits]
+        over = [sid for sid in charged if spent[sid] + price > limits[sid] + 1e-9]
+        if over:
+            sid = over[0]
+            kind = "group" if sid.startswith("g-") else "user"
+            refused[req.instance_id] = (
+                f"the {kind} quota of {limits[sid]:g} per hour of burst spend is reached "
+                f"({spent[sid]:g} in use, {price:g} more asked)"
+            )
+            continue
+        for sid in charged:
+            spent[sid] += price
+    return refused

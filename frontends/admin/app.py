@@ -551,7 +551,7 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
 
 def create_app(rt: Runtime) -> web.Application:
     from broker import metrics
-    from frontends.admin import hooks, usage  # their handlers use this module's helpers
+    from frontends.admin import hooks, tenancy, usage  # their handlers use this module's helpers
     from frontends.web.app import create_app as create_web_app
 
     app = web.Application(
@@ -559,7 +559,7 @@ def create_app(rt: Runtime) -> web.Application:
     )
     # uploads stream past client_max_size: only image_upload reads request.content itself
     app[RUNTIME] = rt
-    for method, path, handler in (*ROUTES, *usage.ROUTES, *hooks.ROUTES):
+    for method, path, handler in (*ROUTES, *usage.ROUTES, *hooks.ROUTES, *tenancy.ROUTES):
         app.router.add_route(method, path, handler)
     app.add_subapp("/ui/", create_web_app(rt))
     return app

@@ -93,6 +93,7 @@ _QUOTA_CODES: Final = {
     "address": "AddressLimitExceeded",
     "tag": "TagLimitExceeded",
     "volume": "VolumeLimitExceeded",
+    "image": "AMIQuotaExceeded",
     "snapshot": "SnapshotLimitExceeded",
     "security_group": "SecurityGroupLimitExceeded",
     "key_pair": "KeyPairLimitExceeded",

@@ -22,10 +22,11 @@ from sqlalchemy import select
 
 from broker import model as m
 from broker.errors import Forbidden, NotFound
-from broker.service import tags
+from broker.service import images, tags
 from frontends.occi import render
 from frontends.occi.catalog import MAX_USER_LOCATION, MIXIN_TAG
 from frontends.occi.categories import (
+    OS_TPL,
     Mixin,
     OcciValidationError,
 )
@@ -140,6 +141,11 @@ async def _members(ctx: Ctx, env: Env, mixin: Mixin) -> list[tuple[str, Entity]]
 
 async def mixin_get(ctx: Ctx, env: Env) -> web.StreamResponse:
     mixin = _mixin_at(ctx)
+    if ctx.registry.is_template(mixin.type_id, OS_TPL):
+        try:  # an image the caller may not see is answered as no image at all
+            await images.get(ctx.rt, ctx.caller, mixin.term)
+        except NotFound:
+            raise NotFound(f"nothing at {ctx.request.path[:200]}", resource="location") from None
     query = collection_query(ctx, ())
     members = await _members(ctx, env, mixin)
     wanted = [e for _, e in members if matches(ctx.registry, e, query)]
