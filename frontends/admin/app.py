@@ -320,6 +320,7 @@ async def image_register(request: web.Request) -> web.Response:
         arch=views.text(data, "arch", "x86_64"),
         visibility=views.text(data, "visibility", "private"),
         checksum=views.text(data, "checksum", ""),
+        mappings=views.mapping(data, "mappings"),
     )
     return reply(await images.register(rt_of(request), caller, spec), 201)
 

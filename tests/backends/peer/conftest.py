@@ -156,6 +156,32 @@ class Site:
         )
         return peer_name
 
+    def admin(self) -> Any:
+        from broker.client import AdminClient
+
+        saved = json.loads((self.dir / "data" / "operator.json").read_text())
+        return AdminClient(saved["url"], saved["token"])
+
+    def vsphere_host(self, url: str, template: str) -> str:
+        """Run instances on a vSphere host (a simulator process that outlives this site's
+        process) instead of the simulated local host; returns the image name to burst with."""
+        client = self.admin()
+        client.call(
+            "POST",
+            "/api/v1/targets",
+            {"name": "vs", "kind": "host", "driver": "vmware", "hypervisor": "vmware",
+             "settings": {"url": url, "insecure": True, "cpu_ratio": 16, "memory_ratio": 4},
+             "secret": {"user": "root", "password": "secret"}},
+        )  # fmt: skip
+        client.call("POST", "/api/v1/targets/local-simulated/disable")
+        client.call(
+            "POST",
+            "/api/v1/images",
+            {"name": "tiny-vs", "kind": "disk", "location": f"template:{template}",
+             "hypervisor": "vmware", "visibility": "public"},
+        )  # fmt: skip
+        return "tiny-vs"
+
     def burst_to(self, *peers: str, image: str = "tiny-simulated", always: bool = False) -> None:
         """Place on the peers, in order, when no local host fits (``always``: never local)."""
         self.set_policy(
