@@ -302,13 +302,15 @@ def host() -> None:
 @click.option("--user", "vs_user", default=None, help="vSphere user (vmware)")
 @click.option("--password", "vs_password", default=None, help="vSphere password (vmware)")
 @click.option("--datacenter", default=None)
-@click.option("--vs-cluster", "vs_cluster", default=None, help="vCenter cluster (vmware)")
+@click.option("--vs-cluster", "vs_cluster", default=None, help="vCenter cluster, if not --cluster")
 @click.option("--datastore", default=None)
 @click.option("--network", "vs_network", default=None, help="port group (vmware)")
 @click.option("--insecure", is_flag=True, help="do not verify the vSphere certificate")
 @click.option("--ssh", default=None, help="user@addr:port for probes and transfers")
 @click.option("--ssh-key", default=None, help="private key file for --ssh")
-@click.option("--cluster", default=None)
+@click.option(
+    "--cluster", default=None, help="our cluster (zone); for vmware also the vCenter cluster"
+)
 @click.option("--image-dir", default=None, help="where images and disks live on the host")
 @click.option("--simulated", is_flag=True, help="mark a test:/// host as simulated")
 @click.option(
@@ -345,7 +347,7 @@ def host_add(
         vs_settings = {
             "url": vsphere,
             "datacenter": datacenter,
-            "cluster": vs_cluster,
+            "cluster": vs_cluster or cluster,
             "datastore": datastore,
             "network": vs_network,
             "insecure": insecure,
