@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from moto.server import ThreadedMotoServer
 from sqlalchemy import Engine, create_engine, text
 
 from broker.app import open_runtime
@@ -135,3 +137,16 @@ async def tenants(rt: Runtime) -> Tenants:
         await make_user(rt, "bob"),
         await make_user(rt, "root", "admin"),
     )
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's server on loopback standing in for EC2, fresh for each test module."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select, update
 
 from backends.libvirt.local import simulated_node_file
@@ -43,18 +41,6 @@ FAST = {"connect_timeout": 1.0, "read_timeout": 2.0, "call_timeout": 15.0, "obse
 
 def at(hh: int, mm: int = 0) -> dt.datetime:
     return DAY + dt.timedelta(hours=hh, minutes=mm)
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

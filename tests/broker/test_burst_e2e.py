@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from backends.libvirt.local import simulated_node_file
@@ -38,18 +35,6 @@ FAST = {
     "batch_window": 0.02,
     "observe_reuse": 0,
 }
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def remote_ami(url: str, region: str) -> str:

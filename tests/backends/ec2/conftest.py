@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
-import logging
 import os
 import random
 import socket
@@ -33,7 +32,6 @@ from urllib.parse import parse_qs
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from backends.ec2.backend import Ec2Backend
 from broker.protocols import LaunchSpec, TargetConfig
@@ -175,18 +173,6 @@ class FaultProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture
