@@ -19,11 +19,9 @@ from broker.scheduler import Scheduler
 from broker.service import groups, instances, policies, quotas, users
 from broker.service.instances import LaunchRequest
 from broker.states import State
-from tests.broker.test_burst_e2e import burst_world, moto_url, settle
+from tests.broker.test_burst_e2e import burst_world, settle
 from tests.broker.test_service_instances import setup_world
 from tests.conftest import Tenants, make_user
-
-__all__ = ["moto_url"]
 
 
 async def rows(rt: Runtime) -> dict[str, list[Any]]:

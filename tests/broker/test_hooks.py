@@ -44,10 +44,8 @@ from broker.service import hooks, images, instances, policies, targets
 from broker.service.instances import LaunchRequest
 from broker.snapshots import snapshot_targets
 from broker.states import State
-from tests.broker.test_burst_e2e import burst_world, moto_url
+from tests.broker.test_burst_e2e import burst_world
 from tests.conftest import make_user
-
-__all__ = ["moto_url"]  # the module-scoped moto server fixture, used here too
 
 FAST = HookSettings(concurrency=3, poll_interval=0.02, output_limit=2048)
 

@@ -24,15 +24,13 @@ from broker.auth import SYSTEM
 from broker.monitor import Monitor
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
-from broker.service import instances, policies, users
+from broker.service import instances, policies
 from broker.service.instances import LaunchRequest
 from frontends.admin import app as admin
-from frontends.admin import hooks as admin_hooks
-from tests.broker.test_burst_e2e import burst_world, moto_url
+from tests.broker.test_burst_e2e import burst_world
 from tests.broker.test_hooks import local_host
 from tests.conftest import make_config, make_user
-
-__all__ = ["moto_url"]
+from tests.frontends.admin.conftest import API, admin_api
 
 Samples = list[Sample]
 
@@ -42,23 +40,12 @@ async def tagged(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-def make_app(rt: Runtime) -> web.Application:
-    app = web.Application(middlewares=[metrics.middleware(rt, "admin"), admin.error_middleware])
-    app[admin.RUNTIME] = rt
-    for method, path, handler in (*admin.ROUTES, *admin_hooks.ROUTES):
-        app.router.add_route(method, path, handler)
-    app.router.add_route("POST", "/tagged", tagged)
-    return app
-
-
 @pytest.fixture
-async def api(sqlite_rt: Runtime) -> AsyncIterator[tuple[TestServer, ClientSession]]:
-    token = await users.issue_token(sqlite_rt, SYSTEM, "operator")
-    server = TestServer(make_app(sqlite_rt), host="127.0.0.1")
-    await server.start_server()
-    async with ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
-        yield server, session
-    await server.close()
+async def api(sqlite_rt: Runtime) -> AsyncIterator[API]:
+    app = admin.create_app(sqlite_rt)
+    app.router.add_route("POST", "/tagged", tagged)
+    async with admin_api(sqlite_rt, app) as served:
+        yield served
 
 
 async def scrape(server: TestServer, session: ClientSession) -> Samples:

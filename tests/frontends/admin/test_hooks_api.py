@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
+from aiohttp import ClientSession
 from sqlalchemy import func, select
 
 from broker import model as m
@@ -26,38 +25,16 @@ from broker.hooks import HookRunner, HookSettings
 from broker.monitor import Monitor
 from broker.runtime import Runtime
 from broker.service import targets, users
-from frontends.admin import app as admin
-from frontends.admin import hooks as admin_hooks
 from tests.broker.test_serve import Server, cli, cli_json, server, wait_state
+from tests.frontends.admin.conftest import API, admin_api, call
 
 __all__ = ["server"]
-
-API = tuple[TestServer, ClientSession]
-
-
-def make_app(rt: Runtime) -> web.Application:
-    app = web.Application(middlewares=[admin.error_middleware], client_max_size=admin.MAX_BODY)
-    app[admin.RUNTIME] = rt
-    for method, path, handler in (*admin.ROUTES, *admin_hooks.ROUTES):
-        app.router.add_route(method, path, handler)
-    return app
 
 
 @pytest.fixture
 async def api(sqlite_rt: Runtime) -> AsyncIterator[API]:
-    token = await users.issue_token(sqlite_rt, SYSTEM, "operator")
-    srv = TestServer(make_app(sqlite_rt), host="127.0.0.1")
-    await srv.start_server()
-    async with ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
-        yield srv, session
-    await srv.close()
-
-
-async def call(api: API, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-    srv, session = api
-    async with session.request(method, srv.make_url(path), **kw) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else None
-        return resp.status, body
+    async with admin_api(sqlite_rt) as served:
+        yield served
 
 
 def executable(tmp: Path, name: str, body: str) -> str:

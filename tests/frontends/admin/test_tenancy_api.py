@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
+from aiohttp import web
 from sqlalchemy import select
 
 from broker import model as m
@@ -26,39 +25,15 @@ from broker.app import open_runtime
 from broker.auth import SYSTEM
 from broker.runtime import Runtime
 from broker.service import users
-from frontends.admin import app as admin
-from frontends.admin import tenancy
+from frontends.admin.app import create_app
 from tests.conftest import make_config
-
-API = tuple[TestServer, ClientSession]
-
-
-def make_app(rt: Runtime) -> web.Application:
-    """The admin routes with the tenancy table (what create_app registers once it is wired)."""
-    app = web.Application(middlewares=[admin.error_middleware], client_max_size=admin.MAX_BODY)
-    app[admin.RUNTIME] = rt
-    for method, path, handler in (*admin.ROUTES, *tenancy.ROUTES):
-        app.router.add_route(method, path, handler)
-    return app
+from tests.frontends.admin.conftest import API, admin_api, call
 
 
 @pytest.fixture
 async def api(rt: Runtime) -> AsyncIterator[API]:
-    token = await users.issue_token(rt, SYSTEM, "operator")
-    srv = TestServer(make_app(rt), host="127.0.0.1")
-    await srv.start_server()
-    async with ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
-        yield srv, session
-    await srv.close()
-
-
-async def call(api: API, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
-    srv, session = api
-    if token is not None:
-        kw["headers"] = {"Authorization": f"Bearer {token}"}
-    async with session.request(method, srv.make_url(path), **kw) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else None
-        return resp.status, body
+    async with admin_api(rt) as served:
+        yield served
 
 
 async def snapshot(rt: Runtime) -> list[Any]:
@@ -242,7 +217,7 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
 
     async def main() -> None:
         rt = await open_runtime(make_config(tmp, f"sqlite+aiosqlite:///{tmp / 'b.db'}"))
-        runner = web.AppRunner(make_app(rt), access_log=None, handle_signals=False)
+        runner = web.AppRunner(create_app(rt), access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         host, port = runner.addresses[0][:2]
