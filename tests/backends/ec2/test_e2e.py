@@ -28,6 +28,7 @@ from aiohttp import web
 from botocore.config import Config
 from sqlalchemy import select
 
+from backends.ec2 import batching
 from backends.ec2.backend import parse_instance
 from backends.libvirt.local import simulated_node_file
 from broker import model as m
@@ -356,6 +357,26 @@ def test_a_burst_instance_through_ec2_and_occi(
 
     console = ec2.get_console_output(InstanceId=rid)
     assert console["InstanceId"] == rid and "Linux version" in console["Output"]
+
+    # a volume of ours becomes an EBS volume in the instance's zone, attached there
+    (shown,) = ec2.describe_instances(InstanceIds=[rid])["Reservations"][0]["Instances"]
+    vid = ec2.create_volume(AvailabilityZone=shown["Placement"]["AvailabilityZone"], Size=2)[
+        "VolumeId"
+    ]
+    ec2.attach_volume(VolumeId=vid, InstanceId=rid, Device="/dev/sdf")
+    ec2.get_waiter("volume_in_use").wait(VolumeIds=[vid], WaiterConfig=WAIT)
+    tagged = [{"Name": f"tag:{batching.TAG_VOLUME}", "Values": [vid]}]
+    ebs = eventually(
+        lambda: [v for v in raw.describe_volumes(Filters=tagged)["Volumes"] if v["Attachments"]],
+        "the EBS volume attached in moto",
+    )
+    assert ebs[0]["Size"] == 2 and ebs[0]["Attachments"][0]["Device"] == "/dev/sdf"
+    assert ebs[0]["Attachments"][0]["InstanceId"] == remote["InstanceId"]
+    ec2.detach_volume(VolumeId=vid)
+    ec2.get_waiter("volume_available").wait(VolumeIds=[vid], WaiterConfig=WAIT)
+    assert raw.describe_volumes(VolumeIds=[ebs[0]["VolumeId"]])["Volumes"][0]["Attachments"] == []
+    ec2.delete_volume(VolumeId=vid)
+    ec2.get_waiter("volume_deleted").wait(VolumeIds=[vid], WaiterConfig=WAIT)
 
     ec2.terminate_instances(InstanceIds=[rid])
     ec2.get_waiter("instance_terminated").wait(InstanceIds=[rid], WaiterConfig=WAIT)
