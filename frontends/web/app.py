@@ -54,6 +54,7 @@ STATUS: tuple[tuple[type[errors.BrokerError], int, str], ...] = (
 
 ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
     ("GET", "/", pages.dashboard, "dashboard"),
+    ("GET", "/dashboard/live", pages.dashboard_live, "dashboard_live"),
     ("GET", "/login", pages.login_form, "login"),
     ("POST", "/login", pages.login_post, "login_post"),
     ("POST", "/logout", pages.logout, "logout"),

@@ -127,8 +127,17 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 async def dashboard(request: web.Request) -> web.Response:
+    since = await stream.newest(rt_of(request))
+    return render(request, "dashboard.html", since=since, **await _dashboard(request))
+
+
+async def dashboard_live(request: web.Request) -> web.Response:
+    """The dashboard's figures alone, which the page refetches when the event stream speaks."""
+    return render(request, "_dashboard.html", **await _dashboard(request))
+
+
+async def _dashboard(request: web.Request) -> dict[str, Any]:
     rt, caller = rt_of(request), caller_of(request)
-    since = await stream.newest(rt)
     found = await targets.describe(rt, caller)
     hosts = [t for t in found if t.kind == "host"]
     history = await data.host_history(rt, [t.id for t in hosts])
@@ -158,10 +167,7 @@ async def dashboard(request: web.Request) -> web.Response:
         current = await policies.current(rt, caller)
         spend = data.burst_spend(current, found, page.items, await flavors.describe(rt))
     free = await capacity_doc.document(rt, caller)
-    return render(
-        request,
-        "dashboard.html",
-        since=since,
+    return dict(
         clusters=clusters,
         by_state=by_state,
         by_where=by_where,

@@ -65,6 +65,7 @@
     });
     if (!seen) addRow(d);
     appendEvents(d);
+    refreshBoard(300);
   }
 
   function appendEvents(d) {
@@ -83,6 +84,26 @@
       row.classList.add("flash");
     });
   }
+
+  // the dashboard's figures (counts, capacity, spend) are refetched as the stream speaks and
+  // every so often for the hosts' samples; the server renders them, escaped, as on first load
+  const board = document.getElementById("dashboard-live");
+  let pending = null;
+  function refreshBoard(delay) {
+    if (!board || pending) return;
+    pending = setTimeout(function () {
+      fetch(board.dataset.fragment, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          pending = null;
+          if (html === null) return;
+          const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("dashboard-live");
+          if (fresh) board.replaceChildren.apply(board, Array.from(fresh.childNodes));
+        })
+        .catch(function () { pending = null; });
+    }, delay);
+  }
+  if (board) setInterval(function () { refreshBoard(0); }, 15000);
 
   function connect() {
     const es = new EventSource(url);

@@ -132,6 +132,11 @@ def test_launch_watch_and_stop_an_instance(browser: Any, server: Server) -> None
     page.screenshot(path=str(SHOTS / "instance.png"), full_page=True)
     page.click("nav >> text=Dashboard")
     expect(page.locator("#by-where")).to_contain_text("local 1")
+    expect(page.locator("#by-state")).to_contain_text("poweroff 1")
+    page.evaluate("window.__sameDocument = true")
+    ec2.start_instances(InstanceIds=[rid])  # the dashboard's counts follow the event stream
+    expect(page.locator("#by-state")).to_contain_text("running 1")
+    assert page.evaluate("window.__sameDocument") is True
     page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
     page.context.close()
 

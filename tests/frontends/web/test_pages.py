@@ -383,3 +383,16 @@ async def test_repeated_failed_sign_ins_are_throttled(
         assert statuses == [401] * 10 + [429]
     finally:
         await on_server(server, runner.cleanup())
+
+
+async def test_the_dashboard_figures_alone_for_the_live_refresh(
+    server: Server, session: ClientSession
+) -> None:
+    browser = Browser(server, session)
+    status, text = await browser.get("dashboard/live")
+    assert status != 200 and "by-state" not in text  # signed out: nothing of the dashboard
+    await browser.sign_in(new_tenant(server, "fragment"))
+    rid = await launch(server, new_tenant(server, "other"), {"Name": "<b>x</b>"})
+    status, text = await browser.get("dashboard/live")
+    assert status == 200 and 'id="by-state"' in text and "<html" not in text
+    assert text.lstrip().startswith('<div id="dashboard-live"') and rid not in text
