@@ -917,6 +917,16 @@ for _verb in ("stop", "start", "reboot", "suspend", "resume", "terminate", "powe
     instance.command(_verb)(_instance_verb(_verb))
 
 
+@instance.command("migrate")
+@click.argument("instance_id")
+@click.argument("host")
+@pass_ctx
+def instance_migrate(ctx: Ctx, instance_id: str, host: str) -> None:
+    """Move an instance to another host of its cluster (live when it runs)."""
+    path = f"/api/v1/instances/{_id(instance_id)}/migrate"
+    show(ctx, ctx.client().call("POST", path, {"host": host}))
+
+
 @instance.command("console")
 @click.argument("instance_id")
 @pass_ctx

@@ -256,6 +256,7 @@ class Instance(Base):
     state_reason: Mapped[str] = mapped_column(Text, default="")
     intent: Mapped[str | None] = mapped_column(String(16))
     intent_at: Mapped[dt.datetime | None]
+    intent_target: Mapped[str | None] = mapped_column(Id)  # where a migration goes
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     target_id: Mapped[str | None] = mapped_column(ForeignKey("targets.id"))
     backend_ref: Mapped[str | None] = mapped_column(String(128))

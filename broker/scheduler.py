@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import metrics
 from broker import model as m
-from broker.errors import BrokerError
+from broker.errors import BrokerError, Unsupported
 from broker.events import EventRecord, record, transition
 from broker.groupcommit import GroupCommit
 from broker.hooks import budget_events
@@ -56,7 +56,9 @@ AFTER: dict[Action, tuple[State, State | None]] = {
     Action.SUSPEND: (State.SUSPENDED, None),
     Action.RESUME: (State.RUNNING, None),
     Action.TERMINATE: (State.DONE, None),
+    Action.MIGRATE: (State.RUNNING, None),
 }
+MIGRATE_TIMEOUT = 600.0
 LAUNCH_TIMEOUT = 300.0
 ACTION_TIMEOUT = 180.0
 BUDGET_SAMPLE = 20  # waiting decisions explained per cycle to notice a burst budget reached
@@ -71,6 +73,7 @@ class Work:
     target_id: str
     backend_ref: str | None
     attempts: int
+    intent_target: str | None = None
 
 
 class Scheduler:
@@ -216,6 +219,7 @@ class Scheduler:
                 m.Instance.target_id,
                 m.Instance.backend_ref,
                 m.Instance.attempts,
+                m.Instance.intent_target,
             )
             .join(m.Target, m.Target.id == m.Instance.target_id)
             .where(m.Instance.intent.is_not(None), m.Target.state != "error")
@@ -232,7 +236,14 @@ class Scheduler:
                 specs = await launch_specs(conn, launching, self.policy.target_settings)
         for row in fresh:
             work = Work(
-                row[0], Action(str(row[1])), row[2], State(row[3]), str(row[4]), row[5], row[6]
+                row[0],
+                Action(str(row[1])),
+                row[2],
+                State(row[3]),
+                str(row[4]),
+                row[5],
+                row[6],
+                row[7],
             )
             task = asyncio.create_task(self._carry_out(work, specs.get(work.instance_id)))
             self._inflight[work.instance_id] = task
@@ -330,11 +341,35 @@ class Scheduler:
             raise BrokerError("the instance has no backend reference")
         assert self.rt.backends is not None
         backend = await self.rt.backends.get(work.target_id)
+        if work.intent is Action.MIGRATE:
+            await self._migrate(work, backend)
+            return
         seen = await asyncio.wait_for(backend.act(work.backend_ref, work.intent), ACTION_TIMEOUT)
         await self._finish(work, _result(work.intent, seen), "", seen)
 
+    async def _migrate(self, work: Work, backend: object) -> None:
+        """Move the domain to the target the operator chose; it then runs there."""
+        assert self.rt.backends is not None and work.backend_ref is not None
+        move = getattr(backend, "migrate", None)
+        if move is None or work.intent_target is None:
+            raise Unsupported("this target's driver cannot migrate instances")
+        dest = await self.rt.backends.config_for(work.intent_target)
+        seen = await asyncio.wait_for(move(work.backend_ref, dest), MIGRATE_TIMEOUT)
+        await self._finish(
+            work,
+            _result(work.intent, seen),
+            f"migrated to {dest.name}",
+            seen,
+            moved_to=work.intent_target,
+        )
+
     async def _finish(
-        self, work: Work, new: State, reason: str, seen: Observed | None = None
+        self,
+        work: Work,
+        new: State,
+        reason: str,
+        seen: Observed | None = None,
+        moved_to: str | None = None,
     ) -> None:
         now = utcnow()
         async with self.rt.engine.begin() as conn:
@@ -363,6 +398,8 @@ class Scheduler:
                 values["ended_at"] = now
             if seen is not None and seen.private_ip:
                 values["private_ip"] = seen.private_ip
+            if moved_to is not None:
+                values.update(target_id=moved_to, intent_target=None)
             await conn.execute(
                 update(m.Instance).where(m.Instance.id == work.instance_id).values(**values)
             )
@@ -372,7 +409,12 @@ class Scheduler:
                 conn,
                 [
                     transition(
-                        work.instance_id, old.value, new.value, "scheduler", work.intent.value
+                        work.instance_id,
+                        old.value,
+                        new.value,
+                        "scheduler",
+                        reason or work.intent.value,
+                        **({"target": moved_to} if moved_to else {}),
                     )
                 ],
             )
@@ -416,7 +458,7 @@ class Scheduler:
             else:
                 fallback = AFTER[work.intent][1]
                 new = fallback if fallback is not None and can_move(old, fallback) else old
-                values.update(state=new.value, intent=None)
+                values.update(state=new.value, intent=None, intent_target=None)
             await conn.execute(
                 update(m.Instance).where(m.Instance.id == work.instance_id).values(**values)
             )

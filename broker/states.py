@@ -93,6 +93,7 @@ class Action(enum.StrEnum):
     RESUME = "resume"
     TERMINATE = "terminate"
     LAUNCH = "launch"
+    MIGRATE = "migrate"  # an operator's, to another host of the cluster (not in ACTION_MOVES)
 
 
 #: action -> (states it may be asked in, the state the instance moves to at once).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -29,6 +30,8 @@ class FakeBackend:
     kind: ClassVar[str] = "fake"
     fail_launches: ClassVar[int] = 0
     fail_volumes: ClassVar[int] = 0  # the next N volume operations fail
+    #: target id -> its live fake, so a migration can hand a domain to the destination's fake
+    live: ClassVar[weakref.WeakValueDictionary[str, FakeBackend]] = weakref.WeakValueDictionary()
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
@@ -37,6 +40,7 @@ class FakeBackend:
         self.down = False
         self.disks: dict[str, int] = {}  # our volume ref -> size in GiB
         self.attached: dict[str, dict[str, str]] = {}  # instance ref -> device -> volume ref
+        FakeBackend.live[config.id] = self
 
     @staticmethod
     async def validate(config: TargetConfig) -> None:
@@ -78,6 +82,13 @@ class FakeBackend:
 
     async def console(self, ref: str) -> str:
         return f"console of {ref}\n"
+
+    async def migrate(self, ref: str, dest: TargetConfig) -> Observed:
+        other = FakeBackend.live.get(dest.id)
+        if other is None or ref not in self.domains:
+            raise LookupError(f"cannot migrate {ref} to {dest.name}")
+        other.domains[ref] = self.domains.pop(ref)
+        return Observed(ref, other.domains[ref])
 
     def _volume_fault(self) -> None:
         if FakeBackend.fail_volumes:

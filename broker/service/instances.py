@@ -549,6 +549,8 @@ async def act(
         raise InvalidRequest("at least one instance id is needed", field="InstanceId")
     if action is Action.TERMINATE:
         return await terminate(rt, caller, rids)
+    if action not in ACTION_MOVES:  # launch and migrate have their own service functions
+        raise InvalidRequest(f"'{action.value}' is not an action on an instance", field="action")
     allowed, moving_to = ACTION_MOVES[action]
     intent = Action.POWEROFF if action is Action.STOP and force else action
     changes: list[StateChange] = []

@@ -23,6 +23,7 @@ from broker.service import (
     images,
     imagestore,
     instances,
+    migrate,
     networks,
     policies,
     reservations,
@@ -439,6 +440,11 @@ async def instance_action(request: web.Request) -> web.Response:
         raise errors.InvalidRequest(f"unknown action '{request.match_info['verb']}'") from None
     if action is Action.LAUNCH:
         raise errors.InvalidRequest("launch through EC2 or OCCI, or POST /api/v1/instances")
+    if action is Action.MIGRATE:
+        view = await migrate.migrate(
+            rt_of(request), caller, request.match_info["id"], views.text(data, "host")
+        )
+        return reply(view)
     changes = await instances.act(
         rt_of(request), caller, [request.match_info["id"]], action, force=views.flag(data, "force")
     )

@@ -96,7 +96,7 @@ async def test_another_tenant_cannot_see_or_touch(rt: Runtime, tenants: Tenants)
     with pytest.raises(NotFound):
         await instances.get(rt, tenants.bob, mine.id)
     for action in Action:
-        if action is Action.LAUNCH:
+        if action in (Action.LAUNCH, Action.MIGRATE):
             continue
         with pytest.raises(NotFound):
             await instances.act(rt, tenants.bob, [mine.id], action)
