@@ -3,20 +3,24 @@
 ``lab up`` makes the hosts (see :mod:`backends.libvirt.lab`), builds the tiny guest image from
 Debian packages, and, when a broker answers, registers each lab host (reached through its own
 sshd with ``qemu+ssh://``), the lab's network (the hosts' guest bridge and its free addresses)
-and the tiny image. ``lab down`` removes from the broker what it registered (hosts that still
-run instances are refused and named) and leaves nothing running and nothing behind.
+and the tiny image. With ``--store ssh`` each host gets an image store of its own that only the
+SSH side writes to (see :func:`host_store`). ``lab down`` removes from the broker what it
+registered (hosts that still run instances are refused and named) and leaves nothing running
+and nothing behind.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
 import click
 
 from backends.libvirt.guest import build_tiny_guest
-from backends.libvirt.lab import LabError, LabState, lab_down, lab_status, lab_up
+from backends.libvirt.lab import LabError, LabHost, LabState, lab_down, lab_status, lab_up
 from broker.cli import Ctx, fail, pass_ctx, show
 from broker.client import AdminClient, ClientError
 
@@ -32,10 +36,32 @@ def _host_name(state: LabState, name: str) -> str:
     return f"lab-{state.id[:6]}-{name}"
 
 
+def host_store(state: LabState, host: LabHost) -> Path:
+    """The image store of a lab host registered with store "ssh", made and owned by the lab user.
+
+    The lab's namespaces share one filesystem with the broker, so "not shared" can only mean a
+    distinct path: a folder in the lab's runtime folder (removed by ``lab down``) that the broker
+    never touches with local file operations; only the host's sshd (as the lab user) writes there.
+    """
+    path = Path(state.runtime_dir) / host.name / "store"
+    path.mkdir(parents=True, exist_ok=True)
+    entry = pwd.getpwnam(host.user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    path.chmod(0o755)
+    return path
+
+
 def register(
-    client: AdminClient, state: LabState, cache: Path, virt_type: str = "qemu"
+    client: AdminClient,
+    state: LabState,
+    cache: Path,
+    virt_type: str = "qemu",
+    store: str = "shared",
 ) -> dict[str, Any]:
-    """Register the lab's hosts, network and tiny image with the broker (idempotent)."""
+    """Register the lab's hosts, network and tiny image with the broker (idempotent).
+
+    ``store`` "shared": the hosts' files are made by the broker under its own data folder;
+    "ssh": each host has its own image store (:func:`host_store`) reached over SSH only."""
     guest = build_tiny_guest(cache)
     net = ipaddress.ip_network(state.subnet)
     network_name = f"lab-{state.id[:6]}"
@@ -58,6 +84,16 @@ def register(
     for host in state.hosts:
         name = _host_name(state, host.name)
         if name not in targets:
+            settings: dict[str, Any] = {
+                "uri": host.libvirt_uri,
+                "ssh": f"{host.user}@{host.address}:{host.ssh_port}",
+                "ssh_key": host.key_path,
+                "known_hosts": state.known_hosts,
+                "virt_type": virt_type,
+                "migration_uri": host.migration_uri(),  # qemu cannot guess a lab host's address
+            }
+            if store == "ssh":
+                settings |= {"store": "ssh", "image_dir": str(host_store(state, host))}
             client.call(
                 "POST",
                 "/api/v1/targets",
@@ -67,13 +103,7 @@ def register(
                     "driver": "libvirt",
                     "hypervisor": "kvm",
                     "cluster": f"lab-{state.id[:6]}",
-                    "settings": {
-                        "uri": host.libvirt_uri,
-                        "ssh": f"{host.user}@{host.address}:{host.ssh_port}",
-                        "ssh_key": host.key_path,
-                        "known_hosts": state.known_hosts,
-                        "virt_type": virt_type,
-                    },
+                    "settings": settings,
                 },
             )
         hosts.append(name)
@@ -109,8 +139,23 @@ def register(
     help="qemu (software emulation) by default: KVM on the machines this lab was "
     "made for cannot run stock kernels; auto uses KVM where libvirt offers it",
 )
+@click.option(
+    "--store",
+    type=click.Choice(["shared", "ssh"]),
+    default="shared",
+    help="shared: the broker makes the hosts' files in its data folder; ssh: each host has "
+    "an image store of its own, written over SSH only",
+)
 @pass_ctx
-def up(ctx: Ctx, count: int, workdir: str, subnet: str, no_register: bool, virt_type: str) -> None:
+def up(
+    ctx: Ctx,
+    count: int,
+    workdir: str,
+    subnet: str,
+    no_register: bool,
+    virt_type: str,
+    store: str,
+) -> None:
     """Make (or find) the lab and register it with the running broker."""
     work = Path(workdir).resolve()
     try:
@@ -126,7 +171,9 @@ def up(ctx: Ctx, count: int, workdir: str, subnet: str, no_register: bool, virt_
     }
     if not no_register:
         try:
-            out["registered"] = register(ctx.client(), state, work / "images" / "tiny", virt_type)
+            out["registered"] = register(
+                ctx.client(), state, work / "images" / "tiny", virt_type, store
+            )
         except ClientError as exc:
             fail(f"the lab is up but could not be registered: {exc.message}")
     show(ctx, out)

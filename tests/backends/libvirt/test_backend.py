@@ -139,6 +139,22 @@ async def test_host_add_refuses_bad_settings(sqlite_rt: Runtime, tmp_path: Path)
             hypervisor="kvm",
             settings={"uri": f"test://{tmp_path}/missing.xml"},
         )
+    node = simulated_node_file(sqlite_rt.config.data_path)
+    for settings, why in [
+        ({"store": "nfs"}, "store must be shared or ssh"),
+        ({"store": "ssh", "image_dir": "/srv/images"}, "needs --ssh and --image-dir"),
+        ({"store": "ssh", "ssh": "u@h:22"}, "needs --ssh and --image-dir"),
+    ]:
+        with pytest.raises(InvalidRequest, match=why):
+            await targets.add(
+                sqlite_rt,
+                SYSTEM,
+                name="h",
+                kind="host",
+                driver="libvirt",
+                hypervisor="kvm",
+                settings={"uri": f"test://{node}", **settings},
+            )
     assert await targets.describe(sqlite_rt, SYSTEM) == []
 
 
