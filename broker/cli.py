@@ -308,6 +308,13 @@ def host() -> None:
 @click.option("--insecure", is_flag=True, help="do not verify the vSphere certificate")
 @click.option("--ssh", default=None, help="user@addr:port for probes and transfers")
 @click.option("--ssh-key", default=None, help="private key file for --ssh")
+@click.option("--known-hosts", default=None, help="known_hosts file for --ssh (~/.ssh/...)")
+@click.option(
+    "--store",
+    type=click.Choice(["shared", "ssh"]),
+    default=None,
+    help="shared: broker and host share --image-dir; ssh: the host's own, reached over SSH",
+)
 @click.option(
     "--cluster", default=None, help="our cluster (zone); for vmware also the vCenter cluster"
 )
@@ -335,6 +342,8 @@ def host_add(
     insecure: bool,
     ssh: str | None,
     ssh_key: str | None,
+    known_hosts: str | None,
+    store: str | None,
     cluster: str | None,
     image_dir: str | None,
     simulated: bool,
@@ -378,6 +387,10 @@ def host_add(
         settings["ssh_key"] = str(Path(ssh_key).resolve())
     if image_dir:
         settings["image_dir"] = image_dir
+    if known_hosts:
+        settings["known_hosts"] = str(Path(known_hosts).resolve())
+    if store:
+        settings["store"] = store
     data = {
         "name": name,
         "kind": "host",

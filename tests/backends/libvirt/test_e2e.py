@@ -236,3 +236,55 @@ def test_a_host_that_stops_answering_goes_to_error_and_comes_back(
     ec2.terminate_instances(InstanceIds=[rid])
     waiter(ec2, "instance_terminated", rid)
     assert cli(server.cfg, "host", "show", shown["target_name"]).returncode == 0
+
+
+def test_a_running_guest_migrates_live_between_lab_hosts(
+    world: tuple[Server, LabState, Path],
+) -> None:
+    server, state, _work = world
+    keys = cli_json(server.cfg, "user", "create", "mover")
+    assert isinstance(keys, dict)
+    ec2 = ec2_client(server, keys)
+    (image,) = ec2.describe_images(Filters=[{"Name": "name", "Values": ["tiny"]}])["Images"]
+    subnets = {s["CidrBlock"]: s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]}
+    run = ec2.run_instances(
+        ImageId=image["ImageId"],
+        InstanceType="t3.nano",
+        MinCount=1,
+        MaxCount=1,
+        UserData=USER_DATA,
+        SubnetId=subnets[SUBNET],
+    )
+    rid, ip = run["Instances"][0]["InstanceId"], run["Instances"][0]["PrivateIpAddress"]
+    waiter(ec2, "instance_running", rid)
+    wait_console(ec2, rid, MARKER, READY_MARKER)
+    shown = cli_json(server.cfg, "instance", "show", rid)
+    assert isinstance(shown, dict)
+    hosts = cli_json(server.cfg, "host", "list")
+    assert isinstance(hosts, list)
+    source = str(shown["target_name"])
+    (dest,) = [h["name"] for h in hosts if h["name"] != source]
+
+    same = cli(server.cfg, "instance", "migrate", rid, source, check=False)
+    assert same.returncode == 1 and same.stderr.startswith("error: ")
+    cli(server.cfg, "instance", "migrate", rid, dest)
+    deadline = time.monotonic() + 180
+    while True:
+        shown = cli_json(server.cfg, "instance", "show", rid)
+        assert isinstance(shown, dict)
+        if shown["target_name"] == dest and shown["state"] == "running":
+            break
+        assert time.monotonic() < deadline, shown
+        time.sleep(1)
+    holders = []
+    for host in state.hosts:
+        conn = libvirt.open(host.local_uri)
+        try:
+            if rid in [d.name() for d in conn.listAllDomains(0)]:
+                holders.append(host.name)
+        finally:
+            conn.close()
+    assert len(holders) == 1, holders  # the destination keeps it, the source forgot it
+    assert rid in lab_get(state, f"http://{ip}/")  # the guest kept running through the move
+    ec2.terminate_instances(InstanceIds=[rid])
+    waiter(ec2, "instance_terminated", rid)
