@@ -39,6 +39,12 @@ class GroupCommit(Generic[T]):
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
+            except BaseException:  # cancelled (shutdown): no caller waits for ever
+                for _, done in [*batch, *self._pending]:
+                    if not done.done():
+                        done.cancel()
+                self._pending = []
+                raise
             else:
                 for _, done in batch:
                     if not done.done():

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker import model as m
 from broker.auth import Caller, SecretBox, token_digest
 from broker.config import Config
-from broker.db import create_engine, create_reader
+from broker.db import Reads, create_engine, create_reader
 
 if TYPE_CHECKING:
     from broker.plugins import BackendRegistry
@@ -70,6 +70,7 @@ class Runtime:
         self.config = config
         self.engine = engine or create_engine(config.database_url)
         self.reader = create_reader(config.database_url, self.engine)
+        self.reads = Reads(config.database_url, self.reader)
         self.box = SecretBox.from_file(config.data_path / "secret.key")
         self.credentials = CredentialCache()
         self.scheduler_wake = asyncio.Event()
@@ -78,6 +79,8 @@ class Runtime:
         self.policy_factory: PolicyFactory | None = None
         self.clock: Callable[[], float] = time.time
         self.listeners: dict[str, str] = {}
+        #: group committers the services make on first use (``"launch"``: instances.launch)
+        self.batchers: dict[str, object] = {}
 
     def wake_scheduler(self) -> None:
         self.scheduler_wake.set()
@@ -119,6 +122,7 @@ class Runtime:
     async def aclose(self) -> None:
         if self.backends is not None:
             await self.backends.aclose()
+        self.reads.close()
         if self.reader is not self.engine:
             await self.reader.dispose()
         await self.engine.dispose()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -84,12 +84,16 @@ def tag_conditions(id_column: Any, filters: Sequence[TagFilter]) -> list[ColumnE
     return conds
 
 
+_TAGS_OF: Final = select(m.Tag.resource_id, m.Tag.key, m.Tag.value).where(
+    m.Tag.resource_id.in_(bindparam("rids", expanding=True))
+)
+
+
 async def tags_for(conn: AsyncConnection, rids: Sequence[str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     if not rids:
         return out
-    stmt = select(m.Tag.resource_id, m.Tag.key, m.Tag.value).where(m.Tag.resource_id.in_(rids))
-    for rid, key, value in await conn.execute(stmt):
+    for rid, key, value in await conn.execute(_TAGS_OF, {"rids": list(rids)}):
         out.setdefault(rid, {})[key] = value
     return out
 

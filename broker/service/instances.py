@@ -10,18 +10,38 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
+import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import (
+    Executable,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from broker import ids
 from broker import model as m
 from broker.auth import Caller, Ownership, authorize
-from broker.errors import InvalidRequest, InvalidState, NotFound
+from broker.errors import BrokerError, InvalidRequest, InvalidState, NotFound
 from broker.events import EventRecord, record, transition
+from broker.groupcommit import GroupCommit
 from broker.model import utcnow
 from broker.runtime import Runtime
 from broker.service import networks, quotas
@@ -35,9 +55,9 @@ from broker.service.common import (
     encode_token,
     split_page,
     tag_conditions,
-    tags_for,
 )
-from broker.service.images import visible_image
+from broker.service.images import ImageView, visible_image
+from broker.service.networks import NetworkView
 from broker.states import ACTION_MOVES, Action, State, check_move
 
 MAX_COUNT = 1000
@@ -107,6 +127,7 @@ class InstanceView:
     security_groups: tuple[tuple[str, str], ...]
     target_kind: str | None = None
     target_name: str | None = None
+    target_zone: str | None = None  # the cluster of the target it is placed on
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -156,10 +177,8 @@ _COLUMNS = (
     m.Instance.updated_at,
     m.Target.kind,
     m.Target.name,
+    m.Cluster.name,
 )
-
-
-_VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceView))[:22]
 
 
 def _validate_request(req: LaunchRequest) -> None:
@@ -183,14 +202,18 @@ def _validate_request(req: LaunchRequest) -> None:
 
 
 async def launch(rt: Runtime, caller: Caller, req: LaunchRequest) -> list[InstanceView]:
-    """Record ``req`` as pending instances and return them; the same token returns the same set."""
+    """Record ``req`` as pending instances and return them; the same token returns the same set.
+
+    Launches that arrive together are written in one transaction (:class:`_Launches`), each
+    checked and admitted in turn exactly as it would be alone.
+    """
     _validate_request(req)
     if req.client_token:
         existing = await _by_token(rt, caller, req.client_token)
         if existing:
             return existing
     try:
-        rids = await _insert_launch(rt, caller, req)
+        made = await _launches(rt).launch(caller, req)
     except IntegrityError:
         if req.client_token:
             existing = await _by_token(rt, caller, req.client_token)
@@ -198,105 +221,325 @@ async def launch(rt: Runtime, caller: Caller, req: LaunchRequest) -> list[Instan
                 return existing
         raise
     rt.wake_scheduler()
-    return (await describe(rt, caller, InstanceFilter(ids=tuple(rids)), limit=MAX_COUNT)).items
+    return made
+
+
+_BY_TOKEN: Final = select(m.Instance.id).where(
+    m.Instance.owner_id == bindparam("owner"), m.Instance.client_token == bindparam("token")
+)
 
 
 async def _by_token(rt: Runtime, caller: Caller, token: str) -> list[InstanceView]:
-    async with rt.engine.connect() as conn:
-        rows = await conn.execute(
-            select(m.Instance.id).where(
-                m.Instance.owner_id == caller.user_id, m.Instance.client_token == token
-            )
-        )
-        rids = tuple(r[0] for r in rows)
+    def read(conn: Connection) -> tuple[str, ...]:
+        return tuple(conn.scalars(_BY_TOKEN, {"owner": caller.user_id, "token": token}))
+
+    rids = await rt.reads.run(read)
     if not rids:
         return []
     page = await describe(rt, caller, InstanceFilter(ids=rids), limit=MAX_COUNT, include_old=True)
     return page.items
 
 
-async def _insert_launch(rt: Runtime, caller: Caller, req: LaunchRequest) -> list[str]:
+@dataclasses.dataclass(slots=True)
+class _Ask:
+    """One launch waiting for its batch: who asks, what, and (after the commit) what it made."""
+
+    caller: Caller
+    req: LaunchRequest
+    outcome: list[InstanceView] | BrokerError | None = None
+
+
+class _Launches:
+    """Group commit of launches: one transaction for all that arrive while one is written.
+
+    Each launch is checked, admitted against its quotas and written in turn inside the
+    transaction, so quotas stay exact (a launch counts what the ones before it wrote). A launch
+    whose checks fail gets its own error and writes nothing; the others go on. If the
+    transaction itself fails, every launch in it is tried again alone, as before batching.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._commit: GroupCommit[_Ask] = GroupCommit(self._write, max_batch=100)
+
+    async def launch(self, caller: Caller, req: LaunchRequest) -> list[InstanceView]:
+        ask = _Ask(caller, req)
+        try:
+            await self._commit.submit(ask)
+        except Exception:
+            return await _insert_launch(self._rt, caller, req)
+        if isinstance(ask.outcome, BrokerError):
+            raise ask.outcome
+        assert ask.outcome is not None
+        return ask.outcome
+
+    async def _write(self, asks: list[_Ask]) -> None:
+        done: list[tuple[_Ask, list[InstanceView] | BrokerError]] = []
+        async with self._rt.engine.begin() as conn:
+            batch = _Batch(limited=await _limited(conn, [a.caller for a in asks]))
+            # a consistent lock order (groups, then users) across concurrent transactions
+            for ask in sorted(asks, key=lambda a: (a.caller.group_id, a.caller.user_id)):
+                try:
+                    done.append((ask, await _launch_in(conn, ask.caller, ask.req, batch)))
+                except BrokerError as exc:
+                    done.append((ask, exc))
+            await batch.flush(conn)
+        for ask, outcome in done:
+            ask.outcome = outcome
+
+
+def _launches(rt: Runtime) -> _Launches:
+    """The runtime's launch batcher (made on first use; one per runtime)."""
+    found = rt.batchers.get("launch")
+    if not isinstance(found, _Launches):
+        found = rt.batchers["launch"] = _Launches(rt)
+    return found
+
+
+_LIMITED: Final = select(m.Quota.subject_id).where(
+    m.Quota.subject_id.in_(bindparam("subjects", expanding=True))
+)
+_LOCK_USERS: Final = (
+    select(m.User.id).where(m.User.id.in_(bindparam("ids", expanding=True))).with_for_update()
+)
+_LOCK_GROUPS: Final = (
+    select(m.Group.id).where(m.Group.id.in_(bindparam("ids", expanding=True))).with_for_update()
+)
+
+
+async def _limited(conn: AsyncConnection, callers: Sequence[Caller]) -> frozenset[str]:
+    """Which of the callers' users and groups have any quota, with all of them locked first.
+
+    The locks are the ones :func:`broker.service.quotas.lock` takes for one launch, taken for
+    the whole batch (users, then groups, each in id order, so batches never deadlock): a
+    launch elsewhere that counts this user's instances waits for this batch to commit, and a
+    quota made meanwhile cannot let it miss what this batch writes.
+    """
+    users = sorted({c.user_id for c in callers if c.user_id})
+    groups = sorted({c.group_id for c in callers if c.user_id and c.group_id})
+    if not users:
+        return frozenset()
+    await conn.execute(_LOCK_USERS, {"ids": users})
+    if groups:
+        await conn.execute(_LOCK_GROUPS, {"ids": groups})
+    found = await conn.scalars(_LIMITED, {"subjects": [*users, *groups]})
+    return frozenset(found.all())
+
+
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    """What the launches of one transaction share: lookups made once, rows written together.
+
+    ``limited`` holds the users and groups with quotas (None: not looked up, check each one);
+    a launch by anyone else is admitted without counting (no limit applies, as
+    :func:`broker.service.quotas.admit_instances` would find; :func:`_limited` has locked
+    their rows as it would). Instances without interfaces are
+    inserted together at the end; those with interfaces at once, since the next launch's
+    address plan must see their leases.
+    """
+
+    limited: frozenset[str] | None = None
+    images: dict[tuple[Caller, str], ImageView] = dataclasses.field(default_factory=dict)
+    flavors: dict[str, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
+    nets: dict[tuple[Caller, str | None, str | None], NetworkView | None] = dataclasses.field(
+        default_factory=dict
+    )
+    checked: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
+    tokens: dict[tuple[str, str], list[InstanceView]] = dataclasses.field(default_factory=dict)
+    instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    tags: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    events: list[EventRecord] = dataclasses.field(default_factory=list)
+
+    def unlimited(self, caller: Caller) -> bool:
+        return self.limited is not None and not (
+            caller.user_id in self.limited or caller.group_id in self.limited
+        )
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        if self.instances:
+            await conn.execute(insert(m.Instance), self.instances)
+        if self.groups:
+            await conn.execute(insert(m.InstanceSecurityGroup), self.groups)
+        if self.tags:
+            await conn.execute(insert(m.Tag), self.tags)
+        await record(conn, self.events)
+
+
+async def _insert_launch(rt: Runtime, caller: Caller, req: LaunchRequest) -> list[InstanceView]:
+    """One launch in a transaction of its own."""
     async with rt.engine.begin() as conn:
-        image = await visible_image(conn, caller, req.image_id)
-        if image.state != "available":
-            raise InvalidRequest(f"the image '{req.image_id}' is {image.state}", resource="image")
-        flavor = (
+        batch = _Batch()
+        made = await _launch_in(conn, caller, req, batch)
+        await batch.flush(conn)
+    return made
+
+
+async def _image(conn: AsyncConnection, caller: Caller, image_id: str, batch: _Batch) -> ImageView:
+    image = batch.images.get((caller, image_id))
+    if image is None:
+        image = batch.images[caller, image_id] = await visible_image(conn, caller, image_id)
+    if image.state != "available":
+        raise InvalidRequest(f"the image '{image_id}' is {image.state}", resource="image")
+    return image
+
+
+async def _flavor(conn: AsyncConnection, name: str, batch: _Batch) -> tuple[int, int, int]:
+    found = batch.flavors.get(name)
+    if found is None:
+        row = (
             await conn.execute(
                 select(m.Flavor.vcpus, m.Flavor.memory_mb, m.Flavor.disk_gb).where(
-                    m.Flavor.name == req.flavor
+                    m.Flavor.name == name
                 )
             )
         ).first()
-        if flavor is None:
-            raise InvalidRequest(f"the flavor '{req.flavor}' does not exist", field="flavor")
-        key_name = await _check_key(conn, caller, req.key_name)
-        groups = await _security_groups(conn, caller, req)
-        zone = await _check_zone(conn, req.zone)
-        net = await networks.pick_network(conn, caller, req.network_id, zone)
+        if row is None:
+            raise InvalidRequest(f"the flavor '{name}' does not exist", field="flavor")
+        found = batch.flavors[name] = (row[0], row[1], row[2])
+    return found
+
+
+async def _launch_in(
+    conn: AsyncConnection, caller: Caller, req: LaunchRequest, batch: _Batch
+) -> list[InstanceView]:
+    """Check, admit and write one launch in ``conn``'s transaction; its instance ids.
+
+    Everything that can refuse the launch runs before its first write, so a refusal leaves
+    the transaction as it found it (other launches of the batch go on).
+    """
+    if req.client_token:
+        earlier = batch.tokens.get((caller.user_id, req.client_token))
+        if earlier is not None:  # the same launch twice in one batch: the first one's ids
+            return earlier
+    await _image(conn, caller, req.image_id, batch)
+    vcpus, memory_mb, disk_gb = await _flavor(conn, req.flavor, batch)
+    key: tuple[Any, ...] = ("key", caller.user_id, req.key_name)
+    if key not in batch.checked:
+        batch.checked[key] = await _check_key(conn, caller, req.key_name)
+    key_name: str | None = batch.checked[key]
+    key = ("groups", caller.user_id, req.security_group_ids, req.security_group_names)
+    if key not in batch.checked:
+        batch.checked[key] = await _security_groups(conn, caller, req)
+    groups: list[tuple[str, str]] = batch.checked[key]
+    key = ("zone", req.zone)
+    if key not in batch.checked:
+        batch.checked[key] = await _check_zone(conn, req.zone)
+    zone: str | None = batch.checked[key]
+    where = (caller, req.network_id, zone)
+    if where not in batch.nets:
+        batch.nets[where] = await networks.pick_network(conn, caller, req.network_id, zone)
+    net = batch.nets[where]
+    if not caller.user_id or batch.unlimited(caller):
+        count = req.max_count
+    else:
         count = await quotas.admit_instances(
-            conn, caller, req.min_count, req.max_count, flavor[0], flavor[1]
+            conn, caller, req.min_count, req.max_count, vcpus, memory_mb
         )
-        reservation = ids.new_id("reservation")
-        now = utcnow()
-        rids = [ids.new_id("instance") for _ in range(count)]
-        rows: list[dict[str, Any]] = []
-        for index, rid in enumerate(rids):
-            rows.append(
-                {
-                    "id": rid,
-                    "owner_id": caller.user_id,
-                    "group_id": caller.group_id,
-                    "reservation_id": reservation,
-                    "launch_index": index,
-                    "client_token": req.client_token,
-                    "image_id": req.image_id,
-                    "flavor": req.flavor,
-                    "vcpus": flavor[0],
-                    "memory_mb": flavor[1],
-                    "disk_gb": flavor[2],
-                    "state": (State.HOLD if req.hold else State.PENDING).value,
-                    "key_name": key_name,
-                    "user_data": req.user_data,
-                    "zone": zone,
-                    "hostname": req.hostname or rid,
-                    "requirements": req.requirements,
-                    "rank": req.rank,
-                    "hops": req.hops,
-                    "origin": req.origin,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        nics = await networks.plan_interfaces(conn, caller, net, rids, req.private_ip)
-        for row in rows:
-            row["private_ip"] = nics.addresses.get(row["id"])
+    reservation = ids.new_id("reservation")
+    now = utcnow()
+    rids = [ids.new_id("instance") for _ in range(count)]
+    nics = await networks.plan_interfaces(conn, caller, net, rids, req.private_ip)
+    state = (State.HOLD if req.hold else State.PENDING).value
+    rows: list[dict[str, Any]] = [
+        {
+            "id": rid,
+            "owner_id": caller.user_id,
+            "group_id": caller.group_id,
+            "reservation_id": reservation,
+            "launch_index": index,
+            "client_token": req.client_token,
+            "image_id": req.image_id,
+            "flavor": req.flavor,
+            "vcpus": vcpus,
+            "memory_mb": memory_mb,
+            "disk_gb": disk_gb,
+            "state": state,
+            "key_name": key_name,
+            "user_data": req.user_data,
+            "zone": zone,
+            "hostname": req.hostname or rid,
+            "requirements": req.requirements,
+            "rank": req.rank,
+            "hops": req.hops,
+            "origin": req.origin,
+            "created_at": now,
+            "updated_at": now,
+            "private_ip": nics.addresses.get(rid),
+        }
+        for index, rid in enumerate(rids)
+    ]
+    if nics.nics:
         await conn.execute(insert(m.Instance), rows)
-        await networks.insert_interfaces(conn, nics)
-        if groups:
-            await conn.execute(
-                insert(m.InstanceSecurityGroup),
-                [{"instance_id": rid, "group_id": g} for rid in rids for g in groups],
-            )
-        if req.tags:
-            await conn.execute(
-                insert(m.Tag),
-                [
-                    {
-                        "resource_id": rid,
-                        "key": k,
-                        "value": v,
-                        "owner_id": caller.user_id,
-                        "resource_type": "instance",
-                    }
-                    for rid in rids
-                    for k, v in req.tags.items()
-                ],
-            )
-        state = (State.HOLD if req.hold else State.PENDING).value
-        await record(
-            conn, [transition(rid, "", state, caller.name, "launch requested") for rid in rids]
+        await networks.insert_interfaces(conn, nics)  # now: the next launch's plan sees them
+    else:
+        batch.instances.extend(rows)
+    batch.groups.extend({"instance_id": rid, "group_id": g} for rid in rids for g, _ in groups)
+    batch.tags.extend(
+        {
+            "resource_id": rid,
+            "key": k,
+            "value": v,
+            "owner_id": caller.user_id,
+            "resource_type": "instance",
+        }
+        for rid in rids
+        for k, v in req.tags.items()
+    )
+    batch.events.extend(transition(rid, "", state, caller.name, "launch requested") for rid in rids)
+    made = _written(rows, nics, tuple(groups), req.tags)
+    if req.client_token:
+        batch.tokens[caller.user_id, req.client_token] = made
+    return made
+
+
+def _written(
+    rows: Sequence[Mapping[str, Any]],
+    nics: networks.PlannedInterfaces,
+    groups: tuple[tuple[str, str], ...],
+    tags: Mapping[str, str],
+) -> list[InstanceView]:
+    """The launched instances as a describe reads them back (pending, not placed, by id)."""
+    interfaces: dict[str, list[InterfaceView]] = {}
+    for nic in nics.nics:
+        view = InterfaceView(
+            str(nic["id"]),
+            str(nic["network_id"]),
+            int(str(nic["device_index"])),
+            str(nic["mac"]),
+            str(nic["ip"]) if nic["ip"] is not None else None,
         )
-    return rids
+        interfaces.setdefault(str(nic["instance_id"]), []).append(view)
+    return [
+        InstanceView(
+            id=row["id"],
+            owner_id=row["owner_id"],
+            group_id=row["group_id"],
+            reservation_id=row["reservation_id"],
+            launch_index=row["launch_index"],
+            client_token=row["client_token"],
+            image_id=row["image_id"],
+            flavor=row["flavor"],
+            vcpus=row["vcpus"],
+            memory_mb=row["memory_mb"],
+            state=State(row["state"]),
+            state_reason="",
+            intent=None,
+            target_id=None,
+            key_name=row["key_name"],
+            zone=row["zone"],
+            hostname=row["hostname"],
+            private_ip=row["private_ip"],
+            public_ip=None,
+            created_at=row["created_at"],
+            launched_at=None,
+            updated_at=row["updated_at"],
+            tags=dict(tags),
+            interfaces=tuple(interfaces.get(row["id"], ())),
+            security_groups=groups,
+        )
+        for row in sorted(rows, key=lambda row: str(row["id"]))
+    ]
 
 
 async def _check_key(conn: AsyncConnection, caller: Caller, name: str | None) -> str | None:
@@ -310,9 +553,13 @@ async def _check_key(conn: AsyncConnection, caller: Caller, name: str | None) ->
     return name
 
 
-async def _security_groups(conn: AsyncConnection, caller: Caller, req: LaunchRequest) -> list[str]:
+async def _security_groups(
+    conn: AsyncConnection, caller: Caller, req: LaunchRequest
+) -> list[tuple[str, str]]:
+    """(id, name) of each group the launch names, by id."""
     wanted_ids = set(req.security_group_ids)
     out: list[str] = []
+    by_id: dict[str, str] = {}
     if wanted_ids or req.security_group_names:
         rows = (
             await conn.execute(
@@ -325,7 +572,7 @@ async def _security_groups(conn: AsyncConnection, caller: Caller, req: LaunchReq
                 )
             )
         ).all()
-        by_id = {r[0] for r in rows}
+        by_id = {r[0]: r[1] for r in rows}
         by_name = {r[1]: r[0] for r in rows}
         for gid in req.security_group_ids:
             if gid not in by_id:
@@ -343,7 +590,7 @@ async def _security_groups(conn: AsyncConnection, caller: Caller, req: LaunchReq
                     field=name,
                 )
             out.append(by_name[name])
-    return sorted(set(out))
+    return [(gid, by_id[gid]) for gid in sorted(set(out))]
 
 
 async def _check_zone(conn: AsyncConnection, zone: str | None) -> str | None:
@@ -355,9 +602,8 @@ async def _check_zone(conn: AsyncConnection, zone: str | None) -> str | None:
     return zone
 
 
-def _conditions(
-    caller: Caller, flt: InstanceFilter, include_old: bool, now: dt.datetime
-) -> list[Any]:
+def _conditions(flt: InstanceFilter) -> list[Any]:
+    """Conditions for what ``flt`` asks beyond ids (the prepared statements hold the rest)."""
     if len(flt.ids) > MAX_COUNT:  # as many ids as one launch makes (launch reads them back)
         raise InvalidRequest(f"too many values for ids (at most {MAX_COUNT})")
     for name in (
@@ -372,13 +618,7 @@ def _conditions(
     ):
         check_values(name, getattr(flt, name))
     conds: list[Any] = []
-    if not caller.is_admin:
-        if caller.role == "groupadmin":
-            conds.append(m.Instance.group_id == caller.group_id)
-        else:
-            conds.append(m.Instance.owner_id == caller.user_id)
     pairs = (
-        (m.Instance.id, flt.ids),
         (m.Instance.image_id, flt.image_ids),
         (m.Instance.flavor, flt.flavors),
         (m.Instance.reservation_id, flt.reservation_ids),
@@ -394,12 +634,52 @@ def _conditions(
         conds.append(_in_zones(flt.zones))
     if flt.states:
         conds.append(m.Instance.state.in_([s.value for s in flt.states]))
-    if not include_old:
-        conds.append(
-            or_(m.Instance.state != State.DONE.value, m.Instance.ended_at >= now - DONE_VISIBLE_FOR)
-        )
     conds.extend(tag_conditions(m.Instance.id, flt.tags))
     return conds
+
+
+def _scope(caller: Caller) -> str:
+    """Whose instances a caller sees: all (admin), the group's (group admin), their own."""
+    if caller.is_admin:
+        return "all"
+    return "group" if caller.role == "groupadmin" else "owner"
+
+
+_Page = Select[*tuple[Any, ...]]
+
+
+def _page_statement(scope: str, by_ids: int, include_old: bool, after: bool) -> _Page:
+    """A page query with its parameters as binds, built once (compiled once, cached keys)."""
+    stmt = (
+        select(*_COLUMNS)
+        .outerjoin(m.Target, m.Target.id == m.Instance.target_id)
+        .outerjoin(m.Cluster, m.Cluster.id == m.Target.cluster_id)
+    )
+    if scope == "group":
+        stmt = stmt.where(m.Instance.group_id == bindparam("scope"))
+    elif scope == "owner":
+        stmt = stmt.where(m.Instance.owner_id == bindparam("scope"))
+    if by_ids == 1:  # one id: a plain bind (an expanding one is re-rendered each time)
+        stmt = stmt.where(m.Instance.id == bindparam("id"))
+    elif by_ids:
+        stmt = stmt.where(m.Instance.id.in_(bindparam("ids", expanding=True)))
+    if not include_old:
+        stmt = stmt.where(
+            or_(m.Instance.state != State.DONE.value, m.Instance.ended_at >= bindparam("since"))
+        )
+    if after:
+        stmt = stmt.where(m.Instance.id > bindparam("after"))
+    return stmt.order_by(m.Instance.id).limit(bindparam("size"))
+
+
+_PAGES: Final = MappingProxyType(
+    {
+        (scope, by_ids, old, after): _page_statement(scope, by_ids, old, after)
+        for scope in ("all", "group", "owner")
+        for by_ids in (0, 1, 2)
+        for old, after in itertools.product((False, True), repeat=2)
+    }
+)
 
 
 def _in_zones(zones: Sequence[str]) -> Any:
@@ -424,64 +704,95 @@ async def describe(
     token: str | None = None,
     include_old: bool = False,
 ) -> Page[InstanceView]:
-    """One page of the caller's instances matching ``flt``, ordered by id."""
+    """One page of the caller's instances matching ``flt``, ordered by id.
+
+    One read: the page (with each instance's target and the cluster it is in), then its tags,
+    interfaces and security groups, one statement each, all in one hand-off to the reader.
+    """
     size = check_limit(limit, MAX_COUNT)
     after = decode_token(token)
-    conds = _conditions(caller, flt, include_old, utcnow())
+    extra = _conditions(flt)
+    scope = _scope(caller)
+    stmt = _PAGES[scope, min(len(flt.ids), 2), include_old, after is not None]
+    if extra:
+        stmt = stmt.where(*extra)
+    params: dict[str, Any] = {"size": size + 1}
+    if scope != "all":
+        params["scope"] = caller.group_id if scope == "group" else caller.user_id
+    if len(flt.ids) == 1:
+        params["id"] = flt.ids[0]
+    elif flt.ids:
+        params["ids"] = list(flt.ids)
+    if not include_old:
+        params["since"] = utcnow() - DONE_VISIBLE_FOR
     if after is not None:
-        conds.append(m.Instance.id > after)
-    stmt = (
-        select(*_COLUMNS)
-        .outerjoin(m.Target, m.Target.id == m.Instance.target_id)
-        .where(*conds)
-        .order_by(m.Instance.id)
-        .limit(size + 1)
-    )
-    async with rt.reader.connect() as conn:
-        rows, more = split_page(list((await conn.execute(stmt)).all()), size)
-        rids = [r[0] for r in rows]
-        tags = await tags_for(conn, rids)
-        nics = await _interfaces(conn, rids)
-        sgs = await _groups_of(conn, rids)
-    items = [_view(r, tags, nics, sgs) for r in rows]
-    return Page(items, encode_token(rids[-1]) if more and rids else None)
+        params["after"] = after
+    items, more = await rt.reads.run(functools.partial(_read_page, stmt, params, size))
+    return Page(items, encode_token(items[-1].id) if more and items else None)
 
 
-async def _interfaces(conn: AsyncConnection, rids: Sequence[str]) -> dict[str, list[InterfaceView]]:
-    out: dict[str, list[InterfaceView]] = {}
-    if not rids:
-        return out
-    stmt = (
+def _related(one: bool) -> Executable:
+    """Tags, interfaces and security groups of the instances in ``:rids``, as one statement.
+
+    Each row is (what, instance id, a, b, c, d, n): a tag (key, value), an interface (id,
+    network, mac, ip, device index) or a group (id, name).
+    """
+    rids: BindParameter[Any] = bindparam("rids", expanding=not one)
+
+    def of(column: Any) -> Any:
+        return column == rids if one else column.in_(rids)
+
+    text, number = null().cast(String), null().cast(Integer)
+    nic = m.NetworkInterface
+    return union_all(
+        select(literal("t"), m.Tag.resource_id, m.Tag.key, m.Tag.value, text, text, number).where(
+            of(m.Tag.resource_id)
+        ),
         select(
-            m.NetworkInterface.instance_id,
-            m.NetworkInterface.id,
-            m.NetworkInterface.network_id,
-            m.NetworkInterface.device_index,
-            m.NetworkInterface.mac,
-            m.NetworkInterface.ip,
+            literal("n"), nic.instance_id, nic.id, nic.network_id, nic.mac, nic.ip, nic.device_index
+        ).where(of(nic.instance_id)),
+        select(
+            literal("g"),
+            m.InstanceSecurityGroup.instance_id,
+            m.SecurityGroup.id,
+            m.SecurityGroup.name,
+            text,
+            text,
+            number,
         )
-        .where(m.NetworkInterface.instance_id.in_(rids))
-        .order_by(m.NetworkInterface.device_index)
-    )
-    for iid, nid, net, index, mac, ip in await conn.execute(stmt):
-        out.setdefault(str(iid), []).append(InterfaceView(nid, net, index, mac, ip))
-    return out
-
-
-async def _groups_of(
-    conn: AsyncConnection, rids: Sequence[str]
-) -> dict[str, list[tuple[str, str]]]:
-    out: dict[str, list[tuple[str, str]]] = {}
-    if not rids:
-        return out
-    stmt = (
-        select(m.InstanceSecurityGroup.instance_id, m.SecurityGroup.id, m.SecurityGroup.name)
         .join(m.SecurityGroup, m.SecurityGroup.id == m.InstanceSecurityGroup.group_id)
-        .where(m.InstanceSecurityGroup.instance_id.in_(rids))
+        .where(of(m.InstanceSecurityGroup.instance_id)),
     )
-    for iid, gid, name in await conn.execute(stmt):
-        out.setdefault(iid, []).append((gid, name))
-    return out
+
+
+_RELATED: Final = _related(one=False)
+_RELATED_ONE: Final = _related(one=True)
+
+
+def _read_page(
+    stmt: Executable, params: dict[str, Any], size: int, conn: Connection
+) -> tuple[list[InstanceView], bool]:
+    """The page ``stmt`` selects, with what belongs to each instance (runs on a reader)."""
+    rows, more = split_page(list(conn.execute(stmt, params).all()), size)
+    if not rows:
+        return [], more
+    tags: dict[str, dict[str, str]] = {}
+    nics: dict[str, list[InterfaceView]] = {}
+    sgs: dict[str, list[tuple[str, str]]] = {}
+    if len(rows) == 1:
+        related = conn.execute(_RELATED_ONE, {"rids": rows[0][0]})
+    else:
+        related = conn.execute(_RELATED, {"rids": [r[0] for r in rows]})
+    for what, rid, a, b, c, d, n in related:
+        if what == "t":
+            tags.setdefault(rid, {})[a] = b
+        elif what == "n":
+            nics.setdefault(rid, []).append(InterfaceView(a, b, n, c, d))
+        else:
+            sgs.setdefault(rid, []).append((a, b))
+    for found in nics.values():
+        found.sort(key=lambda nic: nic.device_index)
+    return [_view(r, tags, nics, sgs) for r in rows], more
 
 
 def _view(
@@ -491,15 +802,35 @@ def _view(
     sgs: Mapping[str, list[tuple[str, str]]],
 ) -> InstanceView:
     rid = r[0]
-    base = dict(zip(_VIEW_FIELDS, r[:22], strict=True))
-    base["state"] = State(base["state"])
     return InstanceView(
-        **base,
+        rid,
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        State(r[10]),
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+        r[15],
+        r[16],
+        r[17],
+        r[18],
+        r[19],
+        r[20],
+        r[21],
         tags=tags.get(rid, {}),
         interfaces=tuple(nics.get(rid, ())),
         security_groups=tuple(sgs.get(rid, ())),
         target_kind=r[22],
         target_name=r[23],
+        target_zone=r[24],
     )
 
 
@@ -719,4 +1050,3 @@ async def modify(
                 )
             ],
         )
-

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -18,8 +19,10 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from broker import metrics
 from broker.auth import Caller
 from broker.errors import BrokerError
+from broker.ratelimit import RateLimiter
 from broker.runtime import Runtime
 from frontends.ec2 import render
 from frontends.ec2.actions import ACTIONS
@@ -40,7 +43,14 @@ MAX_SKEW: Final = 900.0
 RUNTIME: Final = web.AppKey("runtime", Runtime)
 VERIFIER: Final = web.AppKey("verifier", Verifier)
 CLOCK: Final[web.AppKey[Callable[[], dt.datetime]]] = web.AppKey("clock")
+FRAGMENTS: Final = web.AppKey("fragments", render.Fragments)
+LIMITER: Final = web.AppKey("limiter", RateLimiter)
 _MAX_KEY: Final = 128
+
+
+def set_metrics_action(request: web.Request, action: str) -> None:
+    """Name the request's action for the metrics middleware (a bounded set of names)."""
+    request[metrics.ACTION] = action
 
 
 def _claimed_key(headers: Mapping[str, str], query: str, params: Mapping[str, str]) -> str | None:
@@ -71,7 +81,10 @@ async def authenticate(
 
     signed = SignedRequest(request.method, path, query, request.headers, body)
     app[VERIFIER].verify(signed, params, secret_for, app[CLOCK]())
-    assert found is not None  # the verifier refuses a key without a secret
+    assert found is not None and key is not None  # the verifier refuses a key without a secret
+    # limited after the signature is checked: nobody can spend another user's requests
+    if not app[LIMITER].allow(key, time.monotonic()):
+        raise WireError("RequestLimitExceeded", "Request limit exceeded.", status=503)
     return found[0]
 
 
@@ -90,13 +103,24 @@ async def handle(request: web.Request) -> web.Response:
         if not action:
             raise WireError("MissingAction", "The request must contain the parameter Action")
         handler = ACTIONS.get(action)
+        # a known action's name, never the client's free text (metrics labels stay bounded)
+        set_metrics_action(request, action if handler is not None else "-")
         if handler is None:
             raise WireError(
                 "InvalidAction", f"The action {action[:64]} is not valid for this web service."
             )
         version = version_of(params)
         root = render.envelope(action, version, request_id)
-        call = Call(request.app[RUNTIME], caller, params, action, version, request_id, request.host)
+        call = Call(
+            request.app[RUNTIME],
+            caller,
+            params,
+            action,
+            version,
+            request_id,
+            request.host,
+            request.app[FRAGMENTS],
+        )
         await handler(call, root)
     except (BrokerError, Exception) as exc:
         status, code, message = classify(exc)
@@ -118,9 +142,11 @@ async def handle(request: web.Request) -> web.Response:
 
 
 def create_app(rt: Runtime) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[metrics.middleware(rt, "ec2")])
     app[RUNTIME] = rt
     app[VERIFIER] = Verifier(max_skew=MAX_SKEW)
     app[CLOCK] = lambda: dt.datetime.fromtimestamp(rt.clock(), dt.UTC)
+    app[FRAGMENTS] = render.Fragments()
+    app[LIMITER] = RateLimiter(rt.config.ec2.rate_limit, rt.config.ec2.rate_burst)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

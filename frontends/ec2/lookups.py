@@ -1,15 +1,22 @@
 """Reads the service layer does not offer yet (the EC2 frontend's own, read-only).
 
 Availability zones are the broker's clusters; this lists their names with one Core query.
-Move it to ``broker/service`` when another frontend needs it.
+The caller's ``default`` security group id is read on the reader (a launch asks for it every
+time; :func:`broker.service.security_groups.ensure_default` makes it when it is missing).
+Move them to ``broker/service`` when another frontend needs them.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Final
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
 
 from broker import model as m
+from broker.auth import Caller
 from broker.runtime import Runtime
+from broker.service import security_groups as sg_svc
 
 
 async def zone_names(rt: Runtime) -> list[str]:
@@ -18,8 +25,16 @@ async def zone_names(rt: Runtime) -> list[str]:
         return list((await conn.scalars(select(m.Cluster.name).order_by(m.Cluster.name))).all())
 
 
-async def target_zones(rt: Runtime) -> dict[str, str]:
-    """Target id -> the name of its cluster, for targets in a cluster."""
-    stmt = select(m.Target.id, m.Cluster.name).join(m.Cluster, m.Cluster.id == m.Target.cluster_id)
-    async with rt.reader.connect() as conn:
-        return {tid: name for tid, name in await conn.execute(stmt)}
+_DEFAULT_GROUP: Final = select(m.SecurityGroup.id).where(
+    m.SecurityGroup.owner_id == bindparam("owner"), m.SecurityGroup.name == sg_svc.DEFAULT
+)
+
+
+async def default_group(rt: Runtime, caller: Caller) -> str:
+    """The id of the caller's ``default`` security group, made on first use."""
+
+    def read(conn: Connection) -> str | None:
+        return conn.scalar(_DEFAULT_GROUP, {"owner": caller.user_id})
+
+    found = await rt.reads.run(read) if caller.user_id else None
+    return found if found is not None else await sg_svc.ensure_default(rt, caller)

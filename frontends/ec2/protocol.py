@@ -24,7 +24,7 @@ from aiohttp import web
 from broker.auth import Caller
 from broker.runtime import Runtime
 from frontends.ec2.errors import WireError, combination, dry_run_error, invalid, missing
-from frontends.ec2.render import Element
+from frontends.ec2.render import Element, Fragments
 
 MAX_BODY: Final = 1024 * 1024
 MAX_PARAMS: Final = 5000
@@ -285,6 +285,7 @@ class Call:
     version: str
     request_id: str
     host: str = ""
+    fragments: Fragments | None = None  # the app's cache of rendered items
 
     @property
     def dry_run(self) -> bool:

@@ -8,9 +8,11 @@ lxml, which escapes it (and refuses control characters, which we drop first).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final, TypeAlias
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
@@ -54,6 +56,11 @@ def opt(parent: Element, tag: str, value: str | int | None) -> None:
     """A child only when there is a value (EC2 leaves out what it does not know)."""
     if value is not None and value != "":
         text(parent, tag, value)
+
+
+def detached(tag: str) -> Element:
+    """An element with no parent yet (appended later, e.g. from :class:`Fragments`)."""
+    return etree.Element(tag)
 
 
 def node(parent: Element, tag: str) -> Element:
@@ -111,3 +118,38 @@ def error(code: str, message: str, request_id: str) -> bytes:
     text(err, "Message", message)
     text(root, "RequestID", request_id)
     return serialize(root)
+
+
+class Fragments:
+    """Rendered subtrees (an instance's ``<item>``), reused while what they show is unchanged.
+
+    An entry is found by a name (the resource id) and used only when the value it was rendered
+    from equals the value read for this request, so a change shows at once and nothing is served
+    that this request did not read. Entries carry no namespace, so one serves every API version.
+    At most ``size`` are kept, the least recently used dropped first; the app owns one.
+    """
+
+    __slots__ = ("_items", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[object, Element]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(
+        self, parent: Element, name: str, source: object, build: Callable[[], Element]
+    ) -> None:
+        """Append to ``parent`` a copy of ``build()``, rendered now or for an equal ``source``."""
+        hit = self._items.get(name)
+        if hit is not None and hit[0] == source:
+            self._items.move_to_end(name)
+            parent.append(copy.deepcopy(hit[1]))
+            return
+        fresh = build()
+        if self.size > 0:
+            self._items[name] = (source, copy.deepcopy(fresh))
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        parent.append(fresh)

@@ -15,9 +15,10 @@ from typing import Final
 
 from aiohttp import web
 
+from broker import metrics
 from broker.errors import BrokerError, NotFound
 from broker.runtime import Runtime
-from frontends.occi import mixins, render
+from frontends.occi import compute, mixins, render
 from frontends.occi.attach import Attacher
 from frontends.occi.auth import authenticate
 from frontends.occi.catalog import Catalog
@@ -34,7 +35,7 @@ from frontends.occi.common import (
     respond,
 )
 from frontends.occi.errors import Unsupported, error_response, status_of
-from frontends.occi.kinds import KINDS, Env, KindOps, compute_entities, compute_ids, unsupported
+from frontends.occi.kinds import KINDS, Env, KindOps, compute_ids, compute_json, unsupported
 from frontends.occi.parse import (
     JSON_TYPES,
     MAX_BODY_BYTES,
@@ -46,11 +47,21 @@ from frontends.occi.parse import (
 RUNTIME: Final = web.AppKey("runtime", Runtime)
 CATALOG: Final = web.AppKey("catalog", Catalog)
 ATTACHER: Final = web.AppKey("attacher", Attacher)
+PIECES: Final = web.AppKey("pieces", render.Pieces)
 SERVER: Final = "cloudbroker OCCI/1.2"
 VERSION: Final = (1, 2)
 _VERSION_RE: Final = re.compile(r"OCCI/(\d{1,3})\.(\d{1,3})")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def set_metrics_action(request: web.Request, action: str) -> None:
+    """Name the request's action for the metrics middleware (a bounded set of names)."""
+    request[metrics.ACTION] = action
+
+
+def _label(ops: KindOps, what: str) -> str:
+    return f"{ops.kind.rpartition('#')[2]} {what}"
 
 
 def check_version(request: web.Request) -> None:
@@ -84,7 +95,7 @@ async def context(request: web.Request) -> Ctx:
 
 
 def env_of(request: web.Request) -> Env:
-    return Env(request.app[CATALOG], request.app[ATTACHER])
+    return Env(request.app[CATALOG], request.app[ATTACHER], request.app[PIECES])
 
 
 def _known_attributes(ctx: Ctx, kind: str) -> set[str]:
@@ -98,7 +109,10 @@ def _known_attributes(ctx: Ctx, kind: str) -> set[str]:
 
 
 def collection_get(ops: KindOps) -> Handler:
+    label = _label(ops, "GET")
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        set_metrics_action(request, label)
         ctx = await context(request)
         query = collection_query(ctx, _known_attributes(ctx, ops.kind))
         kind = media(ctx, render.COLLECTION_TYPES)
@@ -106,12 +120,10 @@ def collection_get(ops: KindOps) -> Handler:
             if kind not in JSON_TYPES:
                 return collection_reply(ctx, await compute_ids(ctx, query), None)
             env = env_of(request)
-            from frontends.occi import compute
-
             _, views = await compute.load_all(
                 ctx, env.catalog, limit=query.number, offset=query.offset
             )
-            entities = await compute_entities(ctx, env, views)
+            return respond(render.render_resources(kind, await compute_json(ctx, env, views)))
         else:
             found = await ops.list_all(ctx, env_of(request))
             entities = page_of([e for e in found if matches(ctx.registry, e, query)], query)
@@ -121,7 +133,10 @@ def collection_get(ops: KindOps) -> Handler:
 
 
 def collection_post(ops: KindOps) -> Handler:
+    label = _label(ops, "POST")
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        set_metrics_action(request, label)
         ctx = await context(request)
         env = env_of(request)
         if "action" in request.query:
@@ -144,7 +159,10 @@ def collection_post(ops: KindOps) -> Handler:
 
 
 def collection_delete(ops: KindOps) -> Handler:
+    label = _label(ops, "DELETE")
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        set_metrics_action(request, label)
         ctx = await context(request)
         env = env_of(request)
         if ops.delete is None:
@@ -166,7 +184,10 @@ def _id(request: web.Request) -> str:
 
 
 def entity_get(ops: KindOps) -> Handler:
+    label = _label(ops, "GET")
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        set_metrics_action(request, label)
         ctx = await context(request)
         entity = await ops.load(ctx, env_of(request), _id(request))
         return entity_reply(ctx, entity, ops.path + _id(request))
@@ -188,6 +209,7 @@ async def _act(ctx: Ctx, env: Env, ops: KindOps, rid: str | None) -> web.StreamR
         current = await ops.load(ctx, env, rid)
         targets, mixins = [current], current.mixins
     attrs = ctx.registry.validate_action(ops.kind, mixins, invocation.action, invocation.attributes)
+    set_metrics_action(ctx.request, _label(ops, invocation.action.rpartition("#")[2]))
     if not targets:
         return web.Response(text="OK\n")
     extra = await ops.act(ctx, env, [str(e.id) for e in targets], term, attrs)
@@ -200,7 +222,10 @@ async def _act(ctx: Ctx, env: Env, ops: KindOps, rid: str | None) -> web.StreamR
 
 
 def entity_post(ops: KindOps) -> Handler:
+    label = _label(ops, "POST")
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        set_metrics_action(request, label)
         ctx = await context(request)
         env = env_of(request)
         if "action" in request.query:
@@ -239,14 +264,20 @@ async def _change(ctx: Ctx, env: Env, ops: KindOps, *, replace: bool) -> web.Str
 
 
 def entity_put(ops: KindOps) -> Handler:
+    label = _label(ops, "PUT")
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        set_metrics_action(request, label)
         return await _change(await context(request), env_of(request), ops, replace=True)
 
     return handle
 
 
 def entity_delete(ops: KindOps) -> Handler:
+    label = _label(ops, "DELETE")
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        set_metrics_action(request, label)
         ctx = await context(request)
         if ops.delete is None:
             raise unsupported(ops, "deleting")
@@ -259,8 +290,9 @@ def entity_delete(ops: KindOps) -> Handler:
 # -- query interface and mixin collections --------------------------------------------------------
 
 
-def _with_ctx(fn: Callable[[Ctx, Env], Awaitable[web.StreamResponse]]) -> Handler:
+def _with_ctx(fn: Callable[[Ctx, Env], Awaitable[web.StreamResponse]], label: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
+        set_metrics_action(request, label)
         return await fn(await context(request), env_of(request))
 
     return handle
@@ -273,9 +305,9 @@ def routes() -> list[tuple[str, str, Handler]]:
     """Every route of the app, in one table."""
     table: list[tuple[str, str, Handler]] = []
     for path in QUERY_PATHS:
-        table.append(("GET", path, _with_ctx(mixins.query_get)))
-        table.append(("POST", path, _with_ctx(mixins.query_post)))
-        table.append(("DELETE", path, _with_ctx(mixins.query_delete)))
+        table.append(("GET", path, _with_ctx(mixins.query_get, "query GET")))
+        table.append(("POST", path, _with_ctx(mixins.query_post, "query POST")))
+        table.append(("DELETE", path, _with_ctx(mixins.query_delete, "query DELETE")))
     for path, ops in KINDS.items():
         table.append(("GET", path, collection_get(ops)))
         table.append(("POST", path, collection_post(ops)))
@@ -286,7 +318,7 @@ def routes() -> list[tuple[str, str, Handler]]:
         table.append(("PUT", entity, entity_put(ops)))
         table.append(("DELETE", entity, entity_delete(ops)))
     for method in ("GET", "POST", "PUT", "DELETE"):
-        table.append((method, "/{tail:.*}", _with_ctx(mixins.HANDLERS[method])))
+        table.append((method, "/{tail:.*}", _with_ctx(mixins.HANDLERS[method], f"mixin {method}")))
     return table
 
 
@@ -297,9 +329,13 @@ async def _attacher(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(rt: Runtime) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[occi_middleware])
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[metrics.middleware(rt, "occi"), occi_middleware],
+    )
     app[RUNTIME] = rt
     app[CATALOG] = Catalog()
+    app[PIECES] = render.Pieces()
     app.cleanup_ctx.append(_attacher)
     for method, path, handler in routes():
         app.router.add_route(method, path, handler)

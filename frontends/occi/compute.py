@@ -24,7 +24,8 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
 
 from broker import ids
 from broker import model as m
@@ -137,29 +138,42 @@ def compute_entity(
     attributes["occi.compute.hostname"] = view.hostname
     attributes["occi.compute.state"] = state
     attributes["occi.compute.state.message"] = view.state_reason or view.state.value
-    mixins = [os_tpl_id(view.image_id), resource_tpl_id(view.flavor)]
-    mixins = [x for x in mixins if x in catalog.registry]
-    mixins.extend(catalog.mixins_of_tags(dict(view.tags)))
     links = [nic_link(view.id, nic) for nic in view.interfaces]
     links.extend(storage_link(a) for a in attached)
     actions = tuple(COMPUTE_ACTIONS + a for a in ACTIONS_BY_STATE[state])
-    return Entity(COMPUTE, tuple(mixins), attributes, tuple(links), actions)
+    return Entity(COMPUTE, compute_mixins(catalog, view), attributes, tuple(links), actions)
+
+
+def compute_mixins(catalog: Catalog, view: InstanceView) -> tuple[str, ...]:
+    """The compute's mixins: its os_tpl and resource_tpl (when known), its user mixins.
+
+    This is all a compute's rendering takes from the catalog.
+    """
+    mixins = [os_tpl_id(view.image_id), resource_tpl_id(view.flavor)]
+    mixins = [x for x in mixins if x in catalog.registry]
+    mixins.extend(catalog.mixins_of_tags(dict(view.tags)))
+    return tuple(mixins)
+
+
+_ATTACHED: Final = (
+    select(m.Volume.instance_id, m.Volume.id, m.Volume.device, m.Volume.attach_state)
+    .where(m.Volume.instance_id.in_(bindparam("rids", expanding=True)))
+    .order_by(m.Volume.device)
+)
 
 
 async def attachments(ctx: Ctx, rids: Sequence[str]) -> dict[str, list[Attachment]]:
     """Volumes attached to each instance, in one query."""
-    out: dict[str, list[Attachment]] = {}
     if not rids:
-        return out
-    stmt = (
-        select(m.Volume.instance_id, m.Volume.id, m.Volume.device, m.Volume.attach_state)
-        .where(m.Volume.instance_id.in_(rids))
-        .order_by(m.Volume.device)
-    )
-    async with ctx.rt.engine.connect() as conn:
-        for iid, vid, device, state in await conn.execute(stmt):
+        return {}
+
+    def read(conn: Connection) -> dict[str, list[Attachment]]:
+        out: dict[str, list[Attachment]] = {}
+        for iid, vid, device, state in conn.execute(_ATTACHED, {"rids": list(rids)}):
             out.setdefault(str(iid), []).append((str(iid), vid, device, state))
-    return out
+        return out
+
+    return await ctx.rt.reads.run(read)
 
 
 async def load(ctx: Ctx, catalog: Catalog, rid: str) -> Entity:

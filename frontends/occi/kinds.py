@@ -10,13 +10,15 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, bindparam, or_, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import InstrumentedAttribute
 
 from broker import model as m
 from broker.model import utcnow
 from broker.service import instances, volumes
 from broker.states import State
-from frontends.occi import compute, links, network, storage
+from frontends.occi import compute, links, network, render, storage
 from frontends.occi.attach import Attacher
 from frontends.occi.catalog import Catalog
 from frontends.occi.categories import (
@@ -36,16 +38,19 @@ from frontends.occi.common import (
     Ctx,
     Query,
 )
+from frontends.occi.compute import Attachment
 from frontends.occi.errors import Unsupported
 from frontends.occi.parse import Entity
 
 
 @dataclasses.dataclass(frozen=True)
 class Env:
-    """What the kind functions need beyond the request: the catalog and the attacher."""
+    """What the kind functions need beyond the request: the catalog, the attacher and the
+    app's rendered pieces."""
 
     catalog: Catalog
     attacher: Attacher
+    pieces: render.Pieces | None = None
 
 
 Loader = Callable[[Ctx, Env, str], Awaitable[Entity]]
@@ -89,6 +94,26 @@ async def compute_entities(
     return [compute.compute_entity(env.catalog, v, attached.get(v.id, ())) for v in views]
 
 
+async def compute_json(ctx: Ctx, env: Env, views: Sequence[instances.InstanceView]) -> list[str]:
+    """Each compute's JSON piece (:func:`frontends.occi.render.json_resource`), rendered anew
+    only when its instance, its attachments or its mixins read differently than before."""
+    attached = await compute.attachments(ctx, [v.id for v in views])
+    out: list[str] = []
+    for view in views:
+        att = tuple(attached.get(view.id, ()))
+        mixins = compute.compute_mixins(env.catalog, view)
+
+        def build(view: instances.InstanceView = view, att: tuple[Attachment, ...] = att) -> str:
+            entity = compute.compute_entity(env.catalog, view, att)
+            return render.json_resource(entity, COMPUTE_PATH + view.id)
+
+        if env.pieces is None:
+            out.append(build())
+        else:
+            out.append(env.pieces.get(view.id, (view, att, mixins), build))
+    return out
+
+
 async def _compute_create(ctx: Ctx, env: Env, entity: Entity) -> tuple[str, Entity | None]:
     view, disks = await compute.create(ctx, env.catalog, entity)
     env.attacher.later(ctx.caller, view.id, disks)
@@ -121,26 +146,36 @@ async def compute_ids(ctx: Ctx, query: Query) -> list[str]:
     group's for a group admin, all for an admin), and finished ones for an hour.
     """
     caller = ctx.caller
-    conds = [
-        or_(
-            m.Instance.state != State.DONE.value,
-            m.Instance.ended_at >= utcnow() - instances.DONE_VISIBLE_FOR,
-        )
-    ]
-    if not caller.is_admin:
-        if caller.role == "groupadmin":
-            conds.append(m.Instance.group_id == caller.group_id)
-        else:
-            conds.append(m.Instance.owner_id == caller.user_id)
-    stmt = (
-        select(m.Instance.id)
-        .where(*conds)
-        .order_by(m.Instance.id)
-        .offset(query.offset)
-        .limit(query.number)
+    params: dict[str, object] = {
+        "since": utcnow() - instances.DONE_VISIBLE_FOR,
+        "offset": query.offset,
+        "number": query.number,
+    }
+    if caller.is_admin:
+        stmt = _IDS_ALL
+    elif caller.role == "groupadmin":
+        stmt, params["scope"] = _IDS_GROUP, caller.group_id
+    else:
+        stmt, params["scope"] = _IDS_OWNER, caller.user_id
+
+    def read(conn: Connection) -> list[str]:
+        return [COMPUTE_PATH + r for r in conn.execute(stmt, params).scalars().all()]
+
+    return await ctx.rt.reads.run(read)
+
+
+def _ids_statement(scope: InstrumentedAttribute[str] | None) -> Select[str]:
+    stmt = select(m.Instance.id).where(
+        or_(m.Instance.state != State.DONE.value, m.Instance.ended_at >= bindparam("since"))
     )
-    async with ctx.rt.engine.connect() as conn:
-        return [COMPUTE_PATH + str(r) for r in (await conn.scalars(stmt)).all()]
+    if scope is not None:
+        stmt = stmt.where(scope == bindparam("scope"))
+    return stmt.order_by(m.Instance.id).offset(bindparam("offset")).limit(bindparam("number"))
+
+
+_IDS_ALL: Final = _ids_statement(None)
+_IDS_GROUP: Final = _ids_statement(m.Instance.group_id)
+_IDS_OWNER: Final = _ids_statement(m.Instance.owner_id)
 
 
 # -- storage --------------------------------------------------------------------------------------

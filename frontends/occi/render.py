@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -390,9 +391,12 @@ def _any_json(entity: Entity, location: str, base: str) -> dict[str, Any]:
     return out
 
 
+def _dumps(document: Any) -> str:
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _json(kind: str, document: Any) -> Rendered:
-    body = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return Rendered(kind, body.encode("utf-8"), charset=None)
+    return Rendered(kind, _dumps(document).encode("utf-8"), charset=None)
 
 
 def _is_json(kind: str) -> bool:
@@ -495,3 +499,52 @@ def _no_uri_list(kind: str, what: str) -> None:
         raise OcciNotRenderable(f"text/uri-list renders collections only, not {what}")
     if kind not in (TEXT_PLAIN, TEXT_OCCI):
         raise ValueError(f"cannot render {kind!r}")
+
+
+# -- JSON collections from rendered pieces --------------------------------------------------------
+
+
+def json_resource(entity: Entity, location: str, *, base: str = "") -> str:
+    """One resource as it appears in a JSON collection (a piece for :func:`render_resources`)."""
+    return _dumps(_resource_json(entity, location, base))
+
+
+def render_resources(requested: str, pieces: Sequence[str]) -> Rendered:
+    """A JSON collection of resources from :func:`json_resource` pieces, in order: the same
+    bytes :func:`render_collection` makes from the entities."""
+    kind = _format(media_type(requested))
+    if not _is_json(kind):
+        raise ValueError(f"cannot render {kind!r} from JSON pieces")
+    body = '{"resources":[' + ",".join(pieces) + "]}"
+    return Rendered(kind, body.encode("utf-8"), charset=None)
+
+
+class Pieces:
+    """Rendered pieces (a compute's JSON) kept while what they were rendered from is unchanged.
+
+    A piece is found by name (the resource id) and used only when the value it was rendered
+    from equals the value read for this request, so a change shows at once and nothing is
+    served that this request did not read. At most ``size`` are kept, least recently used
+    dropped first; the app owns one.
+    """
+
+    __slots__ = ("_items", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[object, str]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, name: str, source: object, build: Callable[[], str]) -> str:
+        hit = self._items.get(name)
+        if hit is not None and hit[0] == source:
+            self._items.move_to_end(name)
+            return hit[1]
+        piece = build()
+        if self.size > 0:
+            self._items[name] = (source, piece)
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return piece

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any, Final
 
 from broker.errors import InvalidRequest, NotFound, Unsupported
@@ -21,7 +22,7 @@ from frontends.ec2 import render as r
 from frontends.ec2.actions.regions import vpc_id, zone_of
 from frontends.ec2.errors import invalid, missing
 from frontends.ec2.filters import INSTANCE_FIELDS, collect
-from frontends.ec2.lookups import target_zones
+from frontends.ec2.lookups import default_group
 from frontends.ec2.protocol import Call, Handler, Params
 from frontends.ec2.render import Element
 from frontends.ec2.states import BY_NAME, ec2_state
@@ -49,11 +50,19 @@ def _groups(parent: Element, groups: Sequence[tuple[str, str]]) -> None:
         r.text(it, "groupName", name)
 
 
-def render_instance(
-    call: Call, box: Element, inst: svc.InstanceView, zones: Mapping[str, str]
-) -> None:
-    it = r.item(box)
-    zone = zone_of(call, inst, zones)
+def render_instance(call: Call, box: Element, inst: svc.InstanceView) -> None:
+    """Append ``inst``'s ``<item>``, rendered anew only when it reads differently than before."""
+    region = call.rt.config.broker.region
+    build = functools.partial(_instance_item, region, inst)
+    if call.fragments is None:
+        box.append(build())
+    else:
+        call.fragments.append(box, inst.id, (region, inst), build)
+
+
+def _instance_item(region: str, inst: svc.InstanceView) -> Element:
+    it = r.detached("item")
+    vpc = vpc_id(region)
     r.text(it, "instanceId", inst.id)
     r.text(it, "imageId", inst.image_id)
     _state(it, "instanceState", inst.state)
@@ -66,13 +75,13 @@ def render_instance(
     r.text(it, "instanceType", inst.flavor)
     r.text(it, "launchTime", r.timestamp(inst.launched_at or inst.created_at))
     placement = r.node(it, "placement")
-    r.text(placement, "availabilityZone", zone)
+    r.text(placement, "availabilityZone", zone_of(region, inst))
     r.text(placement, "groupName", "")
     r.text(placement, "tenancy", "default")
     r.text(r.node(it, "monitoring"), "state", "disabled")
     if inst.interfaces:
         r.text(it, "subnetId", inst.interfaces[0].network_id)
-        r.text(it, "vpcId", vpc_id(call.rt.config.broker.region))
+        r.text(it, "vpcId", vpc)
     r.opt(it, "privateIpAddress", inst.private_ip)
     r.opt(it, "ipAddress", inst.public_ip)
     r.text(it, "sourceDestCheck", True)
@@ -93,7 +102,7 @@ def render_instance(
         n = r.item(nics)
         r.text(n, "networkInterfaceId", nic.id)
         r.text(n, "subnetId", nic.network_id)
-        r.text(n, "vpcId", vpc_id(call.rt.config.broker.region))
+        r.text(n, "vpcId", vpc)
         r.text(n, "ownerId", inst.owner_id)
         r.text(n, "status", "in-use")
         r.text(n, "macAddress", nic.mac)
@@ -107,11 +116,10 @@ def render_instance(
         r.text(att, "attachTime", r.timestamp(inst.created_at))
         r.text(att, "deleteOnTermination", True)
     r.text(it, "ebsOptimized", False)
+    return it
 
 
-def render_reservations(
-    call: Call, out: Element, items: Sequence[svc.InstanceView], zones: Mapping[str, str]
-) -> None:
+def render_reservations(call: Call, out: Element, items: Sequence[svc.InstanceView]) -> None:
     """Instances grouped by reservation, in the order the page gave them."""
     groups: dict[str, list[svc.InstanceView]] = {}
     for inst in items:
@@ -124,7 +132,7 @@ def render_reservations(
         r.node(it, "groupSet")
         inner = r.node(it, "instancesSet")
         for inst in members:
-            render_instance(call, inner, inst, zones)
+            render_instance(call, inner, inst)
 
 
 def _changes(out: Element, changes: Sequence[svc.StateChange]) -> None:
@@ -262,7 +270,7 @@ async def run_instances(call: Call, out: Element) -> None:
         call.check_dry_run()
     if not req.security_group_ids and not req.security_group_names:
         # EC2 puts an instance launched without groups into the caller's default group
-        gid = await sg_svc.ensure_default(call.rt, call.caller)
+        gid = await default_group(call.rt, call.caller)
         req = dataclasses.replace(req, security_group_ids=(gid,))
     elif sg_svc.DEFAULT in req.security_group_names:
         await sg_svc.ensure_default(call.rt, call.caller)
@@ -273,7 +281,7 @@ async def run_instances(call: Call, out: Element) -> None:
     r.node(out, "groupSet")
     box = r.node(out, "instancesSet")
     for inst in launched:
-        render_instance(call, box, inst, {})
+        render_instance(call, box, inst)
 
 
 async def _page(
@@ -292,7 +300,7 @@ async def describe_instances(call: Call, out: Element) -> None:
     call.check_dry_run()
     page = await _page(call, flt, size, token)
     await _explicit_missing(call, ids, page)
-    render_reservations(call, out, page.items, await target_zones(call.rt))
+    render_reservations(call, out, page.items)
     r.opt(out, "nextToken", page.next_token)
 
 
@@ -305,11 +313,11 @@ async def describe_instance_status(call: Call, out: Element) -> None:
     page = await _page(call, flt, size, token)
     await _explicit_missing(call, ids, page)
     box = r.node(out, "instanceStatusSet")
-    zones = await target_zones(call.rt)
+    region = call.rt.config.broker.region
     for inst in page.items:
         it = r.item(box)
         r.text(it, "instanceId", inst.id)
-        r.text(it, "availabilityZone", zone_of(call, inst, zones))
+        r.text(it, "availabilityZone", zone_of(region, inst))
         _state(it, "instanceState", inst.state)
         impaired = inst.state is State.UNKNOWN
         shown = inst.state is State.RUNNING or impaired

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Mapping
 from typing import Final
 
 from broker.errors import NotFound
@@ -16,7 +15,7 @@ from broker.service.common import check_ids
 from broker.states import State
 from frontends.ec2 import render as r
 from frontends.ec2.errors import invalid
-from frontends.ec2.lookups import target_zones, zone_names
+from frontends.ec2.lookups import zone_names
 from frontends.ec2.protocol import Call, Handler, Params
 from frontends.ec2.render import Element
 
@@ -32,12 +31,9 @@ def default_zone(call: Call) -> str:
     return f"{call.rt.config.broker.region}a"
 
 
-def zone_of(call: Call, inst: svc.InstanceView, zones: Mapping[str, str]) -> str:
+def zone_of(region: str, inst: svc.InstanceView) -> str:
     """The zone asked for at launch, else the cluster it runs in, else the region's first."""
-    if inst.zone:
-        return inst.zone
-    placed = zones.get(inst.target_id) if inst.target_id else None
-    return placed or default_zone(call)
+    return inst.zone or (inst.target_zone if inst.target_id else None) or f"{region}a"
 
 
 def _filters(params: Params, known: frozenset[str]) -> dict[str, list[str]]:
@@ -192,7 +188,6 @@ async def describe_network_interfaces(call: Call, out: Element) -> None:
     vid = vpc_id(call.rt.config.broker.region)
     box = r.node(out, "networkInterfaceSet")
     seen: set[str] = set()
-    zones = await target_zones(call.rt)
     token: str | None = None
     while True:
         page = await svc.describe(
@@ -213,7 +208,7 @@ async def describe_network_interfaces(call: Call, out: Element) -> None:
                 ):
                     continue
                 seen.add(nic.id)
-                _interface(box, zone_of(call, inst, zones), inst, nic, vid)
+                _interface(box, zone_of(call.rt.config.broker.region, inst), inst, nic, vid)
         token = page.next_token
         if token is None:
             break
