@@ -40,6 +40,12 @@ class ListenerSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class Ec2Section(ListenerSection):
+    rate_limit: float = 0.0  # requests per second per access key; 0: no limit
+    rate_burst: int = 100  # requests a key may send at once before the rate applies
+
+
+@dataclasses.dataclass(frozen=True)
 class MonitorSection:
     interval: float = 5.0
     misses: int = 3
@@ -83,7 +89,7 @@ class HooksSection:
 class Config:
     broker: BrokerSection = BrokerSection()
     database: DatabaseSection = DatabaseSection()
-    ec2: ListenerSection = ListenerSection(listen="127.0.0.1:8773")
+    ec2: Ec2Section = Ec2Section(listen="127.0.0.1:8773")
     occi: ListenerSection = ListenerSection(listen="127.0.0.1:8787")
     admin: ListenerSection = ListenerSection(listen="127.0.0.1:8780")
     monitor: MonitorSection = MonitorSection()
@@ -179,6 +185,9 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         _check_listen(section, kwargs[section].listen)
     if min(kwargs[s].interval for s in ("monitor", "scheduler", "accounting")) <= 0:
         raise ConfigError("intervals must be positive")
+    ec2 = kwargs["ec2"]
+    if not 0 <= ec2.rate_limit < float("inf") or (ec2.rate_limit > 0 and ec2.rate_burst < 1):
+        raise ConfigError("[ec2] rate_limit must be 0 or more, and rate_burst at least 1")
     if kwargs["accounting"].batch < 1:
         raise ConfigError("[accounting] batch must be at least 1")
     return Config(**kwargs, policy=policy)

@@ -278,6 +278,8 @@ class Instance(Base):
     ended_at: Mapped[dt.datetime | None]
     __table_args__ = (
         Index("ix_instances_owner_state", "owner_id", "state"),
+        Index("ix_instances_owner_id_order", "owner_id", "id"),  # a tenant's pages in id order
+        Index("ix_instances_group_id_order", "group_id", "id"),
         Index("ix_instances_state", "state"),
         Index("ix_instances_intent", "intent"),
         Index("ix_instances_target", "target_id"),
@@ -391,7 +393,7 @@ class Volume(Base):
     zone: Mapped[str] = mapped_column(String(64), default="")
     state: Mapped[str] = mapped_column(String(16), default="available")
     snapshot_id: Mapped[str | None] = mapped_column(Id)
-    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"))
+    instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), index=True)
     device: Mapped[str | None] = mapped_column(String(32))
     attach_state: Mapped[str | None] = mapped_column(String(16))
     delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
