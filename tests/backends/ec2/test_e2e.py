@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import http.client
 import threading
@@ -45,6 +46,7 @@ from frontends.admin.views import explanation
 from frontends.ec2.app import create_app as create_ec2
 from frontends.occi.app import create_app as create_occi
 from tests.backends.ec2.conftest import CREDS, FAST, REGION, FaultProxy, ours
+from tests.harness import in_thread
 
 T = TypeVar("T")
 OUR_REGION = "cloudbroker-1"  # what our EC2 endpoint calls itself
@@ -248,33 +250,18 @@ StartBroker = Callable[..., Broker]
 @pytest.fixture
 def start_broker(tmp_path: Path, ami: str, broker_id: str) -> Iterator[StartBroker]:
     """Start a broker whose region target talks to ``endpoint``; stopped after the test."""
-    started: list[tuple[dict[str, Any], threading.Thread]] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(endpoint: str, **settings: Any) -> Broker:
-        ready = threading.Event()
-        holder: dict[str, Any] = {}
-        failure: list[BaseException] = []
+        def start(endpoint: str, **settings: Any) -> Broker:
+            serving = in_thread(
+                lambda ready, h: _serve(tmp_path, endpoint, broker_id, ami, settings, ready, h),
+                "e2e-broker",
+            )
+            holder = next(serving)
+            stack.callback(lambda: next(serving, None))  # runs the harness's stop and join
+            return holder["broker"]  # type: ignore[no-any-return]
 
-        def main() -> None:
-            try:
-                asyncio.run(_serve(tmp_path, endpoint, broker_id, ami, settings, ready, holder))
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-
-        thread = threading.Thread(target=main, name="e2e-broker", daemon=True)
-        thread.start()
-        assert ready.wait(60), "the broker did not start"
-        if failure:
-            raise failure[0]
-        started.append((holder, thread))
-        return holder["broker"]  # type: ignore[no-any-return]
-
-    yield start
-    for holder, thread in started:
-        broker: Broker = holder["broker"]
-        broker.loop.call_soon_threadsafe(holder["stop"].set)
-        thread.join(30)
+        yield start
 
 
 def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:

@@ -68,6 +68,7 @@ from tests.backends.vmware.test_backend import (
     secret,
     settings,
 )
+from tests.harness import in_thread
 
 T = TypeVar("T")
 REGION = "cloudbroker-1"
@@ -233,29 +234,12 @@ def world(
 
 def _serving(mode: str, tmp: Path) -> Iterator[World]:
     sim = vcsim.start(mode, log=tmp / f"vcsim-{mode}.log")
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-    failure: list[BaseException] = []
-
-    def main() -> None:
-        try:
-            asyncio.run(_serve(tmp / "broker", sim, ready, holder))
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-
     (tmp / "broker").mkdir()
-    thread = threading.Thread(target=main, name=f"e2e-{mode}", daemon=True)
-    thread.start()
     try:
-        assert ready.wait(60), "the broker did not start"
-        if failure:
-            raise failure[0]
-        yield holder["world"]
+        serving = in_thread(lambda ready, h: _serve(tmp / "broker", sim, ready, h), f"e2e-{mode}")
+        for holder in serving:
+            yield holder["world"]
     finally:
-        if "stop" in holder:
-            holder["world"].loop.call_soon_threadsafe(holder["stop"].set)
-        thread.join(30)
         sim.stop()
 
 
@@ -324,6 +308,14 @@ def power(world: World, rid: str) -> str | None:
         return None if vm is None else str(vm.runtime.powerState)
     finally:
         Disconnect(si)
+
+
+def until_power(world: World, rid: str, want: str, timeout: float = 30) -> None:
+    """The simulator's VM reaches ``want`` (OCCI calls a booting compute active already)."""
+    deadline = time.monotonic() + timeout
+    while (seen := power(world, rid)) != want:
+        assert time.monotonic() < deadline, f"{rid} is {seen}, not {want}"
+        time.sleep(0.1)
 
 
 def behind_our_back(world: World, rid: str, change: Callable[[Any], Any]) -> None:
@@ -448,16 +440,16 @@ def test_lifecycle_through_boto3(world: World, ec2: Any) -> None:
     (rid,) = run(ec2, world.portable_image, 'HYPERVISOR = "vmware"')
     wait(ec2, "instance_running", rid)
     assert view(world, rid).target_name == world.vc_name
-    assert power(world, rid) == "poweredOn"
+    until_power(world, rid, "poweredOn")
     ec2.stop_instances(InstanceIds=[rid])
     wait(ec2, "instance_stopped", rid)
-    assert power(world, rid) == "poweredOff"
+    until_power(world, rid, "poweredOff")
     ec2.start_instances(InstanceIds=[rid])
     wait(ec2, "instance_running", rid)
-    assert power(world, rid) == "poweredOn"
+    until_power(world, rid, "poweredOn")
     ec2.reboot_instances(InstanceIds=[rid])
     wait(ec2, "instance_running", rid)
-    assert power(world, rid) == "poweredOn"
+    until_power(world, rid, "poweredOn")
     ec2.terminate_instances(InstanceIds=[rid])
     wait(ec2, "instance_terminated", rid)
     assert power(world, rid) is None
@@ -478,16 +470,16 @@ def test_lifecycle_through_occi(world: World, tenant: Tenant) -> None:
     rid = location.rsplit("/", 1)[1]
     occi_wait(world, tenant, location, "active")
     assert view(world, rid).target_name == world.vc_name
-    assert power(world, rid) == "poweredOn"
+    until_power(world, rid, "poweredOn")
     occi_act(world, tenant, location, "stop")
     occi_wait(world, tenant, location, "inactive")
-    assert power(world, rid) == "poweredOff"
+    until_power(world, rid, "poweredOff")
     occi_act(world, tenant, location, "start")
     occi_wait(world, tenant, location, "active")
-    assert power(world, rid) == "poweredOn"
+    until_power(world, rid, "poweredOn")
     occi_act(world, tenant, location, "restart")
     occi_wait(world, tenant, location, "active")
-    assert power(world, rid) == "poweredOn"
+    until_power(world, rid, "poweredOn")
     status, _, body = occi_request(world, tenant, "DELETE", location)
     assert status == 200, body
     deadline = time.monotonic() + 30

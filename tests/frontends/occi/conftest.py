@@ -34,6 +34,7 @@ from frontends.ec2.app import create_app as create_ec2
 from frontends.occi.app import create_app as create_occi
 from policies.placement import DefaultPolicy
 from tests.fakes import FakeBackend
+from tests.harness import in_thread
 
 T = TypeVar("T")
 REGION = "cloudbroker-1"
@@ -133,28 +134,9 @@ async def _start(tmp: Path, ready: threading.Event, holder: dict[str, Any]) -> N
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-    failure: list[BaseException] = []
-
-    def main() -> None:
-        try:
-            asyncio.run(_start(tmp_path_factory.mktemp("occi"), ready, holder))
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-
-    thread = threading.Thread(target=main, name="occi-server", daemon=True)
-    thread.start()
-    assert ready.wait(60), "the OCCI test server did not start"
-    if failure:
-        raise failure[0]
-    srv: Server = holder["server"]
-    try:
-        yield srv
-    finally:
-        srv.loop.call_soon_threadsafe(holder["stop"].set)
-        thread.join(30)
+    tmp = tmp_path_factory.mktemp("occi")
+    for holder in in_thread(lambda ready, holder: _start(tmp, ready, holder), "occi-server"):
+        yield holder["server"]
 
 
 def new_tenant(server: Server, prefix: str = "u", role: str = "user") -> Tenant:
