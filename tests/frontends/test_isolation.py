@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from broker import model as m
 from broker.auth import SYSTEM, Caller
 from broker.service import groups, images, users
-from tests.frontends.admin.test_tenancy_api import make_app
+from frontends.admin.app import create_app as create_admin_app
 from tests.frontends.ec2.conftest import client as ec2_client
 from tests.frontends.occi.conftest import (
     INFRA,
@@ -75,7 +75,7 @@ def admin_url(server: Server) -> Iterator[str]:
     """An admin listener on the test server's runtime and loop."""
 
     async def start() -> tuple[web.AppRunner, str]:
-        runner = web.AppRunner(make_app(server.rt), access_log=None, handle_signals=False)
+        runner = web.AppRunner(create_admin_app(server.rt), access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         host, port = runner.addresses[0][:2]
