@@ -141,9 +141,8 @@ def observe_cycle(rt: Runtime, seconds: float, in_flight: int) -> None:
 def middleware(rt: Runtime, frontend: str) -> Middleware:
     """An aiohttp middleware counting every request of ``frontend`` (put it outermost).
 
-    The action is what the handler put in ``request[ACTION]`` (or the plain string key
-    ``"metrics.action"``), else the matched
-    route's path pattern (a bounded set), else "" (no route matched).
+    The action is what the handler put in ``request[ACTION]``, else the matched route's path
+    pattern (a bounded set), else "" (no route matched).
     """
     metrics = install(rt)
 
@@ -170,7 +169,7 @@ def middleware(rt: Runtime, frontend: str) -> Middleware:
 
 
 def _action(request: web.Request) -> str:
-    action = request.get(ACTION) or request.get("metrics.action", "")
+    action = request.get(ACTION, "")
     if action:
         return str(action)
     resource = request.match_info.route.resource

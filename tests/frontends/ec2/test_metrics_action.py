@@ -1,5 +1,5 @@
-"""Each EC2 and OCCI request names its action for a metrics middleware in
-``request["metrics.action"]``: the EC2 action when it is one we know, the OCCI kind and method
+"""Each EC2 and OCCI request names its action for the metrics middleware in
+``request[metrics.ACTION]``: the EC2 action when it is one we know, the OCCI kind and method
 (or the action's term); never free text from the client."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from broker import metrics
 from broker.auth import SYSTEM
 from broker.runtime import Runtime
 from broker.service import users
@@ -30,7 +31,7 @@ def _capturing(app: web.Application, seen: list[Any]) -> web.Application:
         try:
             return await handler(request)
         finally:
-            seen.append(request.get("metrics.action"))
+            seen.append(request.get(metrics.ACTION))
 
     app.middlewares.insert(0, capture)
     return app
