@@ -125,11 +125,10 @@ def waiter(ec2: Any, name: str, rid: str) -> None:
     ec2.get_waiter(name).wait(InstanceIds=[rid], WaiterConfig={"Delay": 1, "MaxAttempts": 180})
 
 
-def test_boto3_launch_boots_a_real_guest_and_leaves_nothing(
-    world: tuple[Server, LabState, Path],
-) -> None:
-    server, state, _work = world
-    keys = cli_json(server.cfg, "user", "create", "alice")
+def launch_tiny(server: Server, user: str) -> tuple[Any, str, str]:
+    """A new user's boto3 client and the tiny guest it launched with our user data on the lab
+    subnet: (client, instance id, private address)."""
+    keys = cli_json(server.cfg, "user", "create", user)
     assert isinstance(keys, dict)
     ec2 = ec2_client(server, keys)
     (image,) = ec2.describe_images(Filters=[{"Name": "name", "Values": ["tiny"]}])["Images"]
@@ -142,8 +141,15 @@ def test_boto3_launch_boots_a_real_guest_and_leaves_nothing(
         UserData=USER_DATA,
         SubnetId=subnets[SUBNET],
     )
-    rid = run["Instances"][0]["InstanceId"]
-    ip = run["Instances"][0]["PrivateIpAddress"]
+    made = run["Instances"][0]
+    return ec2, str(made["InstanceId"]), str(made["PrivateIpAddress"])
+
+
+def test_boto3_launch_boots_a_real_guest_and_leaves_nothing(
+    world: tuple[Server, LabState, Path],
+) -> None:
+    server, state, _work = world
+    ec2, rid, ip = launch_tiny(server, "alice")
     waiter(ec2, "instance_running", rid)
     text = wait_console(ec2, rid, MARKER, USERDATA_END, READY_MARKER)
     assert USER_DATA in text.split(USERDATA_BEGIN, 1)[1]
@@ -193,19 +199,7 @@ def test_a_host_that_stops_answering_goes_to_error_and_comes_back(
     world: tuple[Server, LabState, Path],
 ) -> None:
     server, state, _work = world
-    keys = cli_json(server.cfg, "user", "create", "bob")
-    assert isinstance(keys, dict)
-    ec2 = ec2_client(server, keys)
-    (image,) = ec2.describe_images(Filters=[{"Name": "name", "Values": ["tiny"]}])["Images"]
-    subnets = {s["CidrBlock"]: s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]}
-    run = ec2.run_instances(
-        ImageId=image["ImageId"],
-        InstanceType="t3.nano",
-        MinCount=1,
-        MaxCount=1,
-        SubnetId=subnets[SUBNET],
-    )
-    rid = run["Instances"][0]["InstanceId"]
+    ec2, rid, _ip = launch_tiny(server, "bob")
     waiter(ec2, "instance_running", rid)
     shown = cli_json(server.cfg, "instance", "show", rid)
     assert isinstance(shown, dict)
@@ -242,20 +236,7 @@ def test_a_running_guest_migrates_live_between_lab_hosts(
     world: tuple[Server, LabState, Path],
 ) -> None:
     server, state, _work = world
-    keys = cli_json(server.cfg, "user", "create", "mover")
-    assert isinstance(keys, dict)
-    ec2 = ec2_client(server, keys)
-    (image,) = ec2.describe_images(Filters=[{"Name": "name", "Values": ["tiny"]}])["Images"]
-    subnets = {s["CidrBlock"]: s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]}
-    run = ec2.run_instances(
-        ImageId=image["ImageId"],
-        InstanceType="t3.nano",
-        MinCount=1,
-        MaxCount=1,
-        UserData=USER_DATA,
-        SubnetId=subnets[SUBNET],
-    )
-    rid, ip = run["Instances"][0]["InstanceId"], run["Instances"][0]["PrivateIpAddress"]
+    ec2, rid, ip = launch_tiny(server, "mover")
     waiter(ec2, "instance_running", rid)
     wait_console(ec2, rid, MARKER, READY_MARKER)
     shown = cli_json(server.cfg, "instance", "show", rid)
