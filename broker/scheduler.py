@@ -2,9 +2,12 @@
 
 Each cycle places a batch of pending instances against one snapshot of the targets (placement
 itself is a pure policy), records each decision and its explanation, then hands backends
-immutable specs, concurrently, with a limit of operations in flight per target. Every write is
-conditional on the intent it carries out, so a user's newer request is never overwritten, and
-everything is in the database first: a killed broker resumes where it stopped.
+immutable specs, concurrently, with a limit of operations in flight per target. A burst also
+passes its owner's and group's spend quotas here, and a burst target refused for its budget is
+recorded once. Intents include an operator's migration (to the destination it names), and each
+cycle ends with the volume work (:mod:`broker.volumework`). Every write is conditional on the
+intent it carries out, so a user's newer request is never overwritten, and everything is in the
+database first: a killed broker resumes where it stopped.
 """
 
 from __future__ import annotations
