@@ -20,6 +20,7 @@ import os
 import shlex
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,6 +171,56 @@ def qemu_pid(state: LabState, host: str, domain: str) -> int:
     return int(pidfile.read_text().strip())
 
 
+def lab_diagnosis(state: LabState) -> str:
+    """What the lab's network looks like from each host: addresses, neighbours, listeners, reach."""
+    h1, h2 = state.hosts
+    reach = (
+        "import socket,sys\n"
+        "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), 5).close(); print('ok')\n"
+        "except OSError as e:\n print(e)"
+    )
+    commands = {
+        f"{h.name} {what}": ["ip", "netns", "exec", h.namespace, *argv]
+        for h in state.hosts
+        for what, argv in (
+            ("addr", ["ip", "-br", "addr"]),
+            ("neigh", ["ip", "neigh"]),
+            ("listen", ["ss", "-ltn"]),
+        )
+    }
+    commands[f"{h1.name} -> {h2.name} ssh"] = [
+        "ip", "netns", "exec", h1.namespace, "python3", "-c", reach, h2.address, str(h2.ssh_port)
+    ]
+    lines = []
+    for label, argv in commands.items():
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+        lines.append(f"--- {label}\n{proc.stdout}{proc.stderr}")
+    return "\n".join(lines)
+
+
+def migrate_with_diagnosis(
+    state: LabState, dom: libvirt.virDomain, conn2: libvirt.virConnect, flags: int
+) -> libvirt.virDomain:
+    """Live-migrate to the second host; a failure says what the network looked like then.
+
+    A stream that cannot connect is tried once more on the next port, with a warning carrying
+    the diagnosis (a CI run once timed out connecting here, and no local run reproduced it).
+    """
+    dest = state.hosts[1]
+    try:
+        return dom.migrate(conn2, flags, None, dest.migration_uri(), 0)
+    except libvirt.libvirtError as exc:
+        if "unable to connect" not in str(exc):
+            raise AssertionError(f"migration failed: {exc}\n{lab_diagnosis(state)}") from exc
+        warnings.warn(
+            f"migration stream did not connect: {exc}\n{lab_diagnosis(state)}", stacklevel=2
+        )
+    try:
+        return dom.migrate(conn2, flags, None, dest.migration_uri(49153), 0)
+    except libvirt.libvirtError as exc:
+        raise AssertionError(f"migration failed twice: {exc}\n{lab_diagnosis(state)}") from exc
+
+
 def assert_nothing_left(state: LabState, pids: list[int]) -> None:
     status = lab_status(Path(state.workdir))
     assert not status.up
@@ -315,7 +366,7 @@ def boot_migrate_shutdown(
         | libvirt.VIR_MIGRATE_PERSIST_DEST
         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     )
-    moved = dom.migrate(conn2, flags, None, h2.migration_uri(), 0)
+    moved = migrate_with_diagnosis(state, dom, conn2, flags)
     stopwatch.measure("live_migration", start)
     assert moved.isActive() and moved.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     assert conn1.listAllDomains() == []
