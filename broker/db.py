@@ -25,6 +25,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from broker import sqliteloop
+
 T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -52,13 +54,33 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_loop_pragmas(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, record)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=0")  # on the loop: sqliteloop waits by sleeping instead
+    cur.close()
+
+
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets its pragmas and one connection (one writer)."""
+    """An async engine for ``url``; SQLite gets its pragmas and one connection (one writer).
+
+    A SQLite file's one connection runs its statements on the event loop
+    (:mod:`broker.sqliteloop`); an in-memory database keeps aiosqlite's thread.
+    """
     if is_sqlite(url):
         path = make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+            engine = create_async_engine(
+                url,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=60,
+                async_creator=sqliteloop.connector(path),
+            )
+            event.listen(engine.sync_engine, "connect", _sqlite_loop_pragmas)
+            return engine
+        engine = create_async_engine(url)  # in memory: SQLAlchemy keeps its one connection
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -123,13 +145,33 @@ class Reads:
             event.listen(self._waiting, "connect", _sqlite_reader_pragmas)
             self._pool = concurrent.futures.ThreadPoolExecutor(threads, "cloudbroker-read")
 
-    def _on_loop(self, fn: Callable[[Connection], T]) -> T:
-        """``fn`` on this thread's own connection, kept open (one per event loop's thread)."""
+    def _loop_connection(self) -> Connection:
+        """This thread's own read connection, kept open (one per event loop's thread)."""
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
             assert self._inline is not None
             conn = self._local.conn = self._inline.connect()
             self._opened.append(conn)
+            self._local.generation = len(self._opened)
+        return conn
+
+    def version(self) -> tuple[int, int] | None:
+        """A value that changes whenever anything is committed to the database, by this
+        process's writer or by another process; None where there is none to read (PostgreSQL,
+        in-memory SQLite). It is SQLite's ``PRAGMA data_version`` on this thread's read
+        connection (which never writes), paired with which connection that is, since each
+        connection counts on its own. Read it before the reads whose result it labels."""
+        if self._inline is None:
+            return None
+        conn = self._loop_connection()
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        row = raw.execute("PRAGMA data_version").fetchone()
+        return int(self._local.generation), int(row[0])
+
+    def _on_loop(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` on this thread's own connection."""
+        conn = self._loop_connection()
         try:
             return fn(conn)
         finally:

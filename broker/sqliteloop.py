@@ -1,0 +1,187 @@
+"""SQLite for the async engine, its statements run on the event loop instead of a thread.
+
+Decides how the broker's one SQLite writer connection executes. aiosqlite hands every call
+(open a cursor, execute, fetch, close) to a thread of its own and wakes the loop when it is
+done: four hand-offs per statement, each a GIL switch and a self-pipe wake-up, which on two
+busy cores cost far more than the statement (a one-instance launch is about twenty statements).
+Here the same calls run right away on the loop's thread, on a plain ``sqlite3`` connection,
+behind the interface SQLAlchemy's aiosqlite dialect drives, so everything above the driver
+(pooling, the greenlet bridge, result handling) stays as it is.
+
+The loop never waits on a lock inside SQLite: the connection's ``busy_timeout`` is 0, and a
+statement SQLite refuses as busy (another process, such as the CLI, holds the write lock) is
+tried again after an ``asyncio.sleep`` that lets the loop run, up to :data:`BUSY_WAIT` seconds,
+as ``busy_timeout`` would have waited. A busy statement did nothing, so trying it again is safe.
+Only plain ``SQLITE_BUSY`` is retried: a snapshot conflict (``SQLITE_BUSY_SNAPSHOT``) can never
+succeed and is raised at once, as SQLite's own busy handler would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: how long a statement waits for another process's write lock (as ``busy_timeout`` did)
+BUSY_WAIT = 10.0
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+async def _patiently(call: Callable[[], T]) -> T:
+    """``call()``, again after short sleeps on the loop while SQLite says another holds a lock."""
+    try:
+        return call()
+    except sqlite3.OperationalError as exc:
+        if not _busy(exc):
+            raise
+    deadline = time.monotonic() + BUSY_WAIT
+    pause = 0.001
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            return call()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+        pause = min(pause * 2, 0.05)
+
+
+class LoopCursor:
+    """An aiosqlite-shaped cursor whose coroutines complete without yielding (unless busy)."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def __await__(self) -> Generator[Any, None, LoopCursor]:
+        return self.__aenter__().__await__()
+
+    async def __aenter__(self) -> LoopCursor:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._cursor.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> LoopCursor:
+        cursor = self._cursor
+        await _patiently(lambda: cursor.execute(sql, () if parameters is None else parameters))
+        return self
+
+    async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> LoopCursor:
+        rows = list(parameters)  # a retry must see every row again
+        await _patiently(lambda: self._cursor.executemany(sql, rows))
+        return self
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(self._cursor.arraysize if size is None else size)
+
+    async def nextset(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+
+class _RunNow:
+    """What SQLAlchemy's aiosqlite adapter puts on aiosqlite's queue, run at once instead."""
+
+    @staticmethod
+    def put_nowait(item: tuple[asyncio.Future[Any], Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            future.set_result(function())
+        except Exception as exc:  # handed to the awaiting adapter, as aiosqlite's thread would
+            future.set_exception(exc)
+
+
+class LoopConnection:
+    """An aiosqlite-shaped connection over a ``sqlite3`` connection used on the loop's thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._tx = _RunNow()
+
+    @property
+    def _connection(self) -> sqlite3.Connection | None:
+        """The open connection, or None once closed (what the dialect tests before commit)."""
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ValueError("no active connection")
+        return self._conn
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._open().isolation_level
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open().in_transaction
+
+    def cursor(self) -> LoopCursor:
+        return LoopCursor(self._open().cursor())
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> LoopCursor:
+        return await self.cursor().execute(sql, parameters)
+
+    async def commit(self) -> None:
+        await _patiently(self._open().commit)
+
+    async def rollback(self) -> None:
+        self._open().rollback()
+
+    async def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self._open().create_function(*args, **kwargs)
+
+    async def close(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def connector(path: str) -> Callable[[], Any]:
+    """The ``async_creator`` for an engine whose connections run on the loop."""
+
+    async def connect() -> LoopConnection:
+        conn = sqlite3.connect(path, timeout=0, check_same_thread=False)
+        return LoopConnection(conn)
+
+    return connect
