@@ -7,14 +7,16 @@ ends with :func:`emit`, which prints its figures as one JSON object on the last 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,26 @@ def summary(values: Sequence[float], digits: int = 3) -> dict[str, float]:
 def emit(figures: dict[str, Any]) -> None:
     """Print the figures as one JSON object on the last line."""
     print(json.dumps(figures), flush=True)
+
+
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy recording process ``pid`` into ``out`` (raw stacks) while the block runs; nothing
+    when ``out`` is None or py-spy is not installed."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if out is None or not Path(spy).exists():
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # attach
+    try:
+        yield
+    finally:
+        proc.send_signal(2)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)

@@ -45,6 +45,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
+from bench._common import profiled
+
 VERSION = "2016-11-15"
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
 OURS_REGION = "cloudbroker-1"
@@ -319,8 +321,13 @@ def measure(
     launch: dict[str, str],
     one_id: str,
     args: argparse.Namespace,
+    pid: int | None = None,
 ) -> dict[str, Any]:
     key, secret = creds
+
+    def spied(op: str) -> contextlib.AbstractContextManager[None]:
+        out = args.profile / f"{name}-{op}.txt" if args.profile and pid else None
+        return profiled(pid or 0, out)
 
     def raw(params: dict[str, str]) -> bytes:
         return signed_request(port, region, key, secret, params)
@@ -333,9 +340,12 @@ def measure(
     one_req = raw({"Action": "DescribeInstances", "InstanceId.1": one_id})
     status, one_body = Conn(port).roundtrip(one_req)
     assert status == 200 and one_body.count(b"<instanceId>") == 1, (name, status)
-    out["describe_all"] = load(port, all_req, args.workers, args.seconds)
-    out["describe_one"] = load(port, one_req, args.workers, args.seconds)
-    out["run_one"] = load(port, raw({"Action": "RunInstances", **launch}), args.workers, 2)
+    with spied("describe_all"):
+        out["describe_all"] = load(port, all_req, args.workers, args.seconds)
+    with spied("describe_one"):
+        out["describe_one"] = load(port, one_req, args.workers, args.seconds)
+    with spied("run_one"):
+        out["run_one"] = load(port, raw({"Action": "RunInstances", **launch}), args.workers, 2)
     out["boto3_ms"] = {
         "describe_one": boto3_ms(lambda: ec2.describe_instances(InstanceIds=[one_id]), 30),
         "describe_all": boto3_ms(lambda: ec2.describe_instances(MaxResults=1000), 3),
@@ -353,6 +363,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     load_before = os.getloadavg()[0]
@@ -364,7 +375,7 @@ def main() -> None:
         serve = [sys.executable, "-m", "broker", "--config", str(config), "serve"]
         moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]
         with (
-            process(serve, ec2_port, tmp / "broker.log"),
+            process(serve, ec2_port, tmp / "broker.log") as served,
             process(moto, moto_port, tmp / "moto.log"),
         ):
             ours = client(ec2_port, OURS_REGION, key, secret)
@@ -383,7 +394,7 @@ def main() -> None:
             one = {**ours_launch, "MinCount": "1", "MaxCount": "1"}
             middle = mine[len(mine) // 2]
             results["cloudbroker"] = measure(
-                "cloudbroker", ec2_port, OURS_REGION, (key, secret), one, middle, args
+                "cloudbroker", ec2_port, OURS_REGION, (key, secret), one, middle, args, served.pid
             )
             one_moto = {**moto_launch, "MinCount": "1", "MaxCount": "1"}
             middle = their_ids[len(their_ids) // 2]

@@ -44,11 +44,10 @@ import re
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ from bench._common import (
     cli_json,
     ec2_client,
     emit,
+    profiled,
     summary,
     write_config,
 )
@@ -402,27 +402,6 @@ def raw_test_driver(node: Path, n: int, owner: str) -> float:
 def count_states(db: Path) -> dict[str, int]:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         return dict(conn.execute("SELECT state, count(*) FROM instances GROUP BY state").fetchall())
-
-
-@contextlib.contextmanager
-def profiled(pid: int, out: Path | None) -> Iterator[None]:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if out is None or not Path(spy).exists():
-        yield
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)  # attach
-    try:
-        yield
-    finally:
-        proc.send_signal(2)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
 
 
 def raw_run_instances(

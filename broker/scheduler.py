@@ -90,6 +90,7 @@ class Scheduler:
         self._launched: GroupCommit[tuple[Work, Placement]] = GroupCommit(self._write_launched)
         self.cfg = rt.config.scheduler
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._backlog = False  # the last dispatch left work out (it read a full batch)
         self._per_target: dict[str, asyncio.Semaphore] = {}
         self._budget_reported: set[str] = set()
         self.volumes = VolumeWorker(rt)
@@ -231,6 +232,7 @@ class Scheduler:
         )
         async with self.rt.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
+        self._backlog = len(rows) >= self.cfg.batch + len(self._inflight)
         fresh = [r for r in rows if r[0] not in self._inflight]
         launching = [r[0] for r in fresh if r[1] == Action.LAUNCH.value]
         specs = {}
@@ -253,8 +255,12 @@ class Scheduler:
             task.add_done_callback(functools.partial(self._done, work.instance_id))
 
     def _done(self, rid: str, _task: asyncio.Task[None]) -> None:
+        """A task ended: the next cycle comes at once when work was left out of the last
+        dispatch (it was full) or nothing is in flight any more; otherwise at its interval,
+        so a burst of launches finishing does not make a cycle each."""
         self._inflight.pop(rid, None)
-        self.rt.wake_scheduler()
+        if self._backlog or not self._inflight:
+            self.rt.wake_scheduler()
 
     async def _carry_out(self, work: Work, spec: LaunchSpec | None = None) -> None:
         sem = self._per_target.setdefault(

@@ -39,7 +39,8 @@ def serialize(root: Element) -> bytes:
 
 
 def _clean(value: str) -> str:
-    return _CONTROL.sub("", value)
+    """``value`` without the characters XML 1.0 cannot carry (a printable string has none)."""
+    return value if value.isprintable() else _CONTROL.sub("", value)
 
 
 def text(parent: Element, tag: str, value: str | int | bool | None) -> Element:

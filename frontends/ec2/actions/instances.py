@@ -50,11 +50,15 @@ def _groups(parent: Element, groups: Sequence[tuple[str, str]]) -> None:
         r.text(it, "groupName", name)
 
 
-def render_instance(call: Call, box: Element, inst: svc.InstanceView) -> None:
-    """Append ``inst``'s ``<item>``, rendered anew only when it reads differently than before."""
+def render_instance(call: Call, box: Element, inst: svc.InstanceView, *, keep: bool = True) -> None:
+    """Append ``inst``'s ``<item>``, rendered anew only when it reads differently than before.
+
+    ``keep=False`` renders without keeping the result (a launch's answer: the pending
+    instance reads differently by the time anyone describes it).
+    """
     region = call.rt.config.broker.region
     build = functools.partial(_instance_item, region, inst)
-    if call.fragments is None:
+    if call.fragments is None or not keep:
         box.append(build())
     else:
         call.fragments.append(box, inst.id, (region, inst), build)
@@ -281,7 +285,7 @@ async def run_instances(call: Call, out: Element) -> None:
     r.node(out, "groupSet")
     box = r.node(out, "instancesSet")
     for inst in launched:
-        render_instance(call, box, inst)
+        render_instance(call, box, inst, keep=False)
 
 
 async def _page(
