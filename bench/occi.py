@@ -4,7 +4,10 @@ One run, one machine, one SQLite database. A user owns 1,000 computes (launched 
 left pending: no scheduler runs). Figures, each the median of ``--repeat`` timed requests over
 one keep-alive connection:
 
-- ``get_<rendering>_ms``: GET /compute/ in text/plain, text/uri-list and application/occi+json;
+- ``get_<rendering>_ms``: GET /compute/ in text/plain, text/uri-list and application/occi+json,
+  again and again as a polling client does (nothing changes between two: the kept answer);
+- ``get_<rendering>_after_a_change_ms``: the same with a commit (one compute's hostname)
+  before each GET, so every answer is made anew;
 - ``bare_<rendering>_ms``: the baseline, a bare aiohttp handler on the same loop returning the
   same bytes with the same content type; ``ratio_<rendering>`` = ours / bare (target <= 3);
 - ``creates_per_s``: POST /compute/ (text/plain, os_tpl + resource_tpl) with ``--concurrency``
@@ -23,12 +26,13 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import insert
+from sqlalchemy import insert, select, update
 
 from broker import model as m
 from broker.app import open_runtime
@@ -57,11 +61,18 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 async def _timed_gets(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], repeat: int
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    repeat: int,
+    between: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[float, bytes, str]:
+    """Median ms of ``repeat`` GETs (after two untimed); ``between`` runs, untimed, before each."""
     times: list[float] = []
     body, ctype = b"", ""
     for _ in range(repeat + 2):
+        if between is not None:
+            await between()
         start = time.perf_counter()
         async with session.get(url, headers=headers) as resp:
             body = await resp.read()
@@ -119,6 +130,8 @@ async def _setup(tmp: Path) -> tuple[Any, Caller, str, str, str]:
 async def run(repeat: int, creates: int, concurrency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmpdir:
         rt, _caller, image_id, auth, _ = await _setup(Path(tmpdir))
+        async with rt.engine.connect() as conn:
+            some_id = (await conn.execute(select(m.Instance.id).limit(1))).scalar_one()
         ours, ours_url = await _serve(create_app(rt))
         replies: dict[str, tuple[bytes, str]] = {}
 
@@ -137,6 +150,19 @@ async def run(repeat: int, creates: int, concurrency: int) -> dict[str, Any]:
         bare_app.router.add_post("/compute/", bare_post)
         bare, bare_url = await _serve(bare_app)
         out: dict[str, Any] = {"computes": 1000, "repeat": repeat}
+        touched = 0
+
+        async def touch() -> None:
+            """A commit before a GET, so its kept answer is stale: the figure after a change."""
+            nonlocal touched
+            touched += 1
+            async with rt.engine.begin() as conn:
+                await conn.execute(
+                    update(m.Instance)
+                    .where(m.Instance.id == some_id)
+                    .values(hostname=f"touched-{touched}")
+                )
+
         try:
             connector = aiohttp.TCPConnector(limit=concurrency)
             async with aiohttp.ClientSession(connector=connector) as session:
@@ -150,6 +176,11 @@ async def run(repeat: int, creates: int, concurrency: int) -> dict[str, Any]:
                     out[f"get_{name}_ms"] = round(ms, 3)
                     out[f"bare_{name}_ms"] = round(base, 3)
                     out[f"ratio_{name}"] = round(ms / base, 2)
+                    changed, _, _ = await _timed_gets(
+                        session, ours_url + "/compute/", headers, repeat, touch
+                    )
+                    out[f"get_{name}_after_a_change_ms"] = round(changed, 3)
+                    out[f"ratio_{name}_after_a_change"] = round(changed / base, 2)
                     out[f"{name}_bytes"] = len(body)
                 post_body = (
                     f'Category: compute; scheme="{INFRA}"; class="kind"\n'

@@ -35,6 +35,7 @@ from frontends.ec2.protocol import (
     request_params,
     version_of,
 )
+from frontends.ec2.replies import REUSABLE, Replies
 from frontends.ec2.signing import SignedRequest, Verifier
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ VERIFIER: Final = web.AppKey("verifier", Verifier)
 CLOCK: Final[web.AppKey[Callable[[], dt.datetime]]] = web.AppKey("clock")
 FRAGMENTS: Final = web.AppKey("fragments", render.Fragments)
 LIMITER: Final = web.AppKey("limiter", RateLimiter)
+REPLIES: Final = web.AppKey("replies", Replies)
 _MAX_KEY: Final = 128
 
 
@@ -110,6 +112,13 @@ async def handle(request: web.Request) -> web.Response:
                 "InvalidAction", f"The action {action[:64]} is not valid for this web service."
             )
         version = version_of(params)
+        kept = request.app[REPLIES]
+        asked = kept.key(caller, request.host, params) if action in REUSABLE else None
+        db_version = request.app[RUNTIME].reads.version() if asked is not None else None
+        if asked is not None:
+            again = kept.get(asked, db_version, request_id)
+            if again is not None:
+                return _answer(again, request_id)
         root = render.envelope(action, version, request_id)
         call = Call(
             request.app[RUNTIME],
@@ -134,10 +143,15 @@ async def handle(request: web.Request) -> web.Response:
             content_type="text/xml",
             headers={"x-amzn-RequestId": request_id},
         )
+    body = render.serialize(root)
+    if asked is not None:
+        kept.keep(asked, db_version, body, request_id)
+    return _answer(body, request_id)
+
+
+def _answer(body: bytes, request_id: str) -> web.Response:
     return web.Response(
-        body=render.serialize(root),
-        content_type="text/xml",
-        headers={"x-amzn-RequestId": request_id},
+        body=body, content_type="text/xml", headers={"x-amzn-RequestId": request_id}
     )
 
 
@@ -147,6 +161,7 @@ def create_app(rt: Runtime) -> web.Application:
     app[VERIFIER] = Verifier(max_skew=MAX_SKEW)
     app[CLOCK] = lambda: dt.datetime.fromtimestamp(rt.clock(), dt.UTC)
     app[FRAGMENTS] = render.Fragments()
+    app[REPLIES] = Replies()
     app[LIMITER] = RateLimiter(rt.config.ec2.rate_limit, rt.config.ec2.rate_burst)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

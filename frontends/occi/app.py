@@ -5,19 +5,24 @@ each kind's collection and entities through :data:`frontends.occi.kinds.KINDS`, 
 path as a mixin collection (``/mixin/os_tpl/ami-.../``, user mixins). Every error, from any
 step, becomes a status through the one table in :mod:`frontends.occi.errors`. The ``Server``
 header says ``OCCI/1.2``; a client whose ``User-Agent`` names a higher OCCI version gets 501.
+A collection GET is answered again, per caller, path, query and Accept, while nothing has been
+committed to the database since (:mod:`frontends.kept`): clients poll collections.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from broker import metrics
 from broker.errors import BrokerError, NotFound
 from broker.runtime import Runtime
+from frontends.kept import Kept
 from frontends.occi import compute, mixins, render
 from frontends.occi.attach import Attacher
 from frontends.occi.auth import authenticate
@@ -48,6 +53,29 @@ RUNTIME: Final = web.AppKey("runtime", Runtime)
 CATALOG: Final = web.AppKey("catalog", Catalog)
 ATTACHER: Final = web.AppKey("attacher", Attacher)
 PIECES: Final = web.AppKey("pieces", render.Pieces)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeptAnswer:
+    """A collection GET's answer as kept while the database is unchanged (frontends.kept)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @classmethod
+    def of(cls, response: web.Response) -> KeptAnswer:
+        body = response.body
+        assert isinstance(body, bytes)
+        skip = ("Content-Length", "Server")
+        headers = tuple((k, v) for k, v in response.headers.items() if k not in skip)
+        return cls(response.status, headers, body)
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, headers=CIMultiDict(self.headers), body=self.body)
+
+
+KEPT: Final = web.AppKey("kept", Kept[KeptAnswer])
 SERVER: Final = "cloudbroker OCCI/1.2"
 VERSION: Final = (1, 2)
 _VERSION_RE: Final = re.compile(r"OCCI/(\d{1,3})\.(\d{1,3})")
@@ -113,7 +141,17 @@ def collection_get(ops: KindOps) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         set_metrics_action(request, label)
+        version = request.app[RUNTIME].reads.version()  # before any of the answer's reads
         ctx = await context(request)
+        key = (ctx.caller, request.host, request.path_qs, ctx.accept)
+        again = request.app[KEPT].get(key, version)
+        if again is not None:
+            return again.response()
+        answer = await collection(ctx, request)
+        request.app[KEPT].keep(key, version, KeptAnswer.of(answer))
+        return answer
+
+    async def collection(ctx: Ctx, request: web.Request) -> web.Response:
         query = collection_query(ctx, _known_attributes(ctx, ops.kind))
         kind = media(ctx, render.COLLECTION_TYPES)
         if ops.path == COMPUTE_PATH and not query.filtered:
@@ -336,6 +374,7 @@ def create_app(rt: Runtime) -> web.Application:
     app[RUNTIME] = rt
     app[CATALOG] = Catalog()
     app[PIECES] = render.Pieces()
+    app[KEPT] = Kept(256)
     app.cleanup_ctx.append(_attacher)
     for method, path, handler in routes():
         app.router.add_route(method, path, handler)
