@@ -7,6 +7,7 @@ line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -767,6 +768,54 @@ def image_import(ctx: Ctx, name: str, path: str, hypervisor: str, public: bool) 
     show(ctx, done)
 
 
+@image.command("import-ovf")
+@click.argument("name")
+@click.argument("ovf_path", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--target", required=True, help="the host (a vSphere target) to import into")
+@click.option("--description", default="")
+@click.option("--public", is_flag=True)
+@pass_ctx
+def image_import_ovf(
+    ctx: Ctx, name: str, ovf_path: str, target: str, description: str, public: bool
+) -> None:
+    """Import an OVF package (the descriptor and the disks beside it) into a host's datastore
+    as a template, registered as image NAME."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    ovf = Path(ovf_path)
+    client = ctx.client()
+    made = client.call(
+        "POST",
+        "/api/v1/images/import-ovf",
+        {
+            "name": name,
+            "target": target,
+            "descriptor": ovf.read_text(encoding="utf-8"),
+            "description": description,
+            "visibility": "public" if public else "private",
+        },
+    )
+    image_id = _id(made["image"]["id"])
+    sources = [(f["href"], ovf.parent / f["href"]) for f in made["files"]]
+    for href, source in sources:
+        if not source.is_file():
+            fail(f"{ovf.name} references {href}, which is not beside it")
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        disable=ctx.as_json,
+    ) as bar:
+        for href, source in sources:
+            task = bar.add_task(f"uploading {href}", total=source.stat().st_size)
+            path = f"/api/v1/images/{image_id}/ovf/{_id(href)}"
+            client.upload(path, source, functools.partial(bar.advance, task))
+    client.timeout = 3600.0  # the target imports the disks now
+    show(ctx, client.call("POST", f"/api/v1/images/{image_id}/ovf/import"))
+
+
 @image.command("list")
 @pass_ctx
 def image_list(ctx: Ctx) -> None:
@@ -938,6 +987,54 @@ def instance_migrate(ctx: Ctx, instance_id: str, host: str) -> None:
     """Move an instance to another host of its cluster (live when it runs)."""
     path = f"/api/v1/instances/{_id(instance_id)}/migrate"
     show(ctx, ctx.client().call("POST", path, {"host": host}))
+
+
+@instance.group("snapshot")
+def instance_snapshot() -> None:
+    """Snapshots of an instance's VM on its target (vSphere, libvirt)."""
+
+
+def _snapshots(instance_id: str, name: str | None = None) -> str:
+    path = f"/api/v1/instances/{_id(instance_id)}/snapshots"
+    return path if name is None else f"{path}/{_id(name)}"
+
+
+@instance_snapshot.command("create")
+@click.argument("instance_id")
+@click.argument("name")
+@click.option("--description", default="")
+@pass_ctx
+def snapshot_create(ctx: Ctx, instance_id: str, name: str, description: str) -> None:
+    """Take a snapshot NAME of the instance's disks."""
+    data = {"name": name, "description": description}
+    show(ctx, ctx.client().call("POST", _snapshots(instance_id), data))
+
+
+@instance_snapshot.command("list")
+@click.argument("instance_id")
+@pass_ctx
+def snapshot_list(ctx: Ctx, instance_id: str) -> None:
+    """The instance's snapshots, oldest first."""
+    show(ctx, ctx.client().call("GET", _snapshots(instance_id)), ["name", "instance_id"])
+
+
+@instance_snapshot.command("revert")
+@click.argument("instance_id")
+@click.argument("name")
+@pass_ctx
+def snapshot_revert(ctx: Ctx, instance_id: str, name: str) -> None:
+    """Bring the instance back to the snapshot NAME."""
+    show(ctx, ctx.client().call("POST", f"{_snapshots(instance_id, name)}/revert"))
+
+
+@instance_snapshot.command("delete")
+@click.argument("instance_id")
+@click.argument("name")
+@pass_ctx
+def snapshot_delete(ctx: Ctx, instance_id: str, name: str) -> None:
+    """Delete the snapshot NAME."""
+    ctx.client().call("DELETE", _snapshots(instance_id, name))
+    show(ctx, {"deleted": name, "instance_id": instance_id})
 
 
 @instance.command("console")

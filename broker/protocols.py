@@ -245,6 +245,44 @@ def stores_volumes(backend: object) -> bool:
     return all(callable(getattr(backend, name, None)) for name in VOLUME_METHODS)
 
 
+class SnapshotBackend(Protocol):
+    """What a backend that keeps snapshots of its instances adds (vSphere's, libvirt's).
+
+    Snapshots are named; ``snapshots`` lists the names oldest first (parents before children).
+    Reverting or deleting a name the instance does not have raises ``BackendError``: the
+    service checks names against ``snapshots`` first, so that is a race, not the usual path.
+    """
+
+    async def snapshot(self, ref: str, name: str, description: str = "") -> None: ...
+    async def snapshots(self, ref: str) -> list[str]: ...
+    async def revert_snapshot(self, ref: str, name: str) -> None: ...
+    async def delete_snapshot(self, ref: str, name: str) -> None: ...
+
+
+SNAPSHOT_METHODS = ("snapshot", "snapshots", "revert_snapshot", "delete_snapshot")
+
+
+def keeps_snapshots(backend: object) -> bool:
+    """Whether a backend (or its class) implements :class:`SnapshotBackend`."""
+    return all(callable(getattr(backend, name, None)) for name in SNAPSHOT_METHODS)
+
+
+class OvfImportBackend(Protocol):
+    """What a backend that takes OVF packages into its target's storage adds.
+
+    ``files`` maps each file the descriptor references (its ``href``) to a local path; the
+    package becomes a template named ``name`` there, which an image launches from through its
+    location ``template:NAME``. Returns that name.
+    """
+
+    async def import_ovf(self, name: str, descriptor: str, files: Mapping[str, str]) -> str: ...
+
+
+def imports_ovf(backend: object) -> bool:
+    """Whether a backend (or its class) implements :class:`OvfImportBackend`."""
+    return callable(getattr(backend, "import_ovf", None))
+
+
 class BackendFactory(Protocol):
     kind: ClassVar[str]
 

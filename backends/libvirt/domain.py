@@ -269,6 +269,17 @@ def with_disk(domain_xml: str, disk_xml: str, *, present: bool) -> str:
     return _serialise(root)
 
 
+def snapshot_xml(name: str, description: str = "") -> str:
+    """The ``<domainsnapshot>`` document for :meth:`virDomain.snapshotCreateXML`."""
+    if not _NAME_RE.match(name):
+        raise InvalidRequest(f"'{_one_line(name)[:40]}' is not a valid snapshot name", field="name")
+    root = etree.Element("domainsnapshot")
+    _text(root, "name", name)
+    if description:
+        _text(root, "description", _clean(description))
+    return _serialise(root)
+
+
 def _os(spec: DomainSpec, *, pv: bool) -> etree._Element:
     os_el = etree.Element("os")
     type_attrs = {"arch": spec.arch}

@@ -19,6 +19,7 @@ Decisions:
   (VMs on other compute resources are not counted as running here). The probe makes that call;
   the observe that follows it within a second reuses what it read.
 * Volumes are extra VMDKs under ``[datastore] cloudbroker-volumes/``; snapshots are vSphere's.
+* An OVF package is imported as a template VM (:mod:`~backends.vmware.ovfimport`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
@@ -40,6 +42,7 @@ from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 from backends.libvirt.configdrive import build_config_drive
 from backends.vmware import devices as dev
 from backends.vmware.inventory import Where, capacity_specs, resolve, to_probe
+from backends.vmware.ovfimport import import_template
 from backends.vmware.sdk import vim, vmodl
 from backends.vmware.session import Session, endpoint_of
 from backends.vmware.states import to_state
@@ -678,6 +681,17 @@ class VmwareBackend:
                 f"delete snapshot {name} of {ref}",
                 lambda: snap.RemoveSnapshot_Task(removeChildren=False),
             )
+
+    # --- OVF import -----------------------------------------------------------------------
+
+    async def import_ovf(self, name: str, descriptor: str, files: Mapping[str, str]) -> str:
+        """Import an OVF package as the template ``name`` (see :mod:`.ovfimport`)."""
+        paths = {href: Path(path) for href, path in files.items()}
+        return await self._run(
+            lambda: import_template(
+                self.session, self.where(), name, descriptor, paths, self.task_timeout
+            )
+        )
 
 
 def _observed(ref: str, p: Mapping[str, Any]) -> Observed:

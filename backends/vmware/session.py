@@ -11,7 +11,8 @@ Decisions:
 * Property reads go through :meth:`Session.retrieve`: one ``RetrievePropertiesEx`` (plus
   ``ContinueRetrievePropertiesEx`` pages), returning plain dicts, never one call per object.
 * Files (config drives) reach the datastore over the ``/folder`` HTTP interface with the
-  session's cookie, as the vSphere clients do.
+  session's cookie, as the vSphere clients do; disks of an OVF import go to the device URLs
+  of an HTTP NFC lease the same way, streamed from disk.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from backends.vmware.faults import translate
@@ -31,6 +33,7 @@ from broker.errors import BackendError, BackendUnavailable, InvalidRequest
 
 T = TypeVar("T")
 PC = vmodl.query.PropertyCollector
+CHUNK = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,6 +188,23 @@ class Session:
         """GET ``[datastore] path`` (at most ``limit`` bytes: descriptors, not disks)."""
         return self._file("GET", datacenter, datastore, path, None, limit)
 
+    def put_file(self, url: str, source: Path, content_type: str) -> None:
+        """PUT a local file, streamed, to an HTTP NFC lease's device URL (``https://*/nfc/...``;
+        ``*`` is this endpoint), with the session's cookie and this target's TLS settings."""
+        self.content  # noqa: B018  log in first: the request carries the session's cookie
+        ep = self.endpoint
+        host, port, path = device_target(url, ep.host, ep.port)
+        headers = {"Cookie": str(self._si._stub.cookie), "Content-Type": content_type}
+        conn = http.client.HTTPSConnection(
+            host, port, timeout=ep.timeout, context=self._ssl_context()
+        )
+        try:
+            put_stream(conn, path, source, headers)
+        except (OSError, http.client.HTTPException) as exc:
+            raise translate(exc, f"upload {source.name}") from exc
+        finally:
+            conn.close()
+
     def _file(
         self,
         method: str,
@@ -219,3 +239,30 @@ class Session:
         if limit and len(body) > limit:
             raise BackendError(f"{what}: larger than {limit} bytes")
         return body
+
+
+def device_target(url: str, host: str, port: int) -> tuple[str, int, str]:
+    """``(host, port, path)`` to PUT a lease's device URL to (``*`` is the endpoint's host)."""
+    parsed = urllib.parse.urlsplit(url.replace("://*/", f"://{host}:{port}/", 1))
+    if parsed.scheme != "https" or not parsed.hostname:
+        raise BackendError(f"the lease gave a device URL that is not https: {url[:80]}")
+    path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+    return parsed.hostname, parsed.port or 443, path
+
+
+def put_stream(
+    conn: http.client.HTTPSConnection, path: str, source: Path, headers: dict[str, str]
+) -> None:
+    """PUT ``source`` in chunks, with its length; raise unless the answer is a success."""
+    size = source.stat().st_size
+    conn.putrequest("PUT", path)
+    for key, value in {**headers, "Content-Length": str(size)}.items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    with source.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            conn.send(chunk)
+    resp = conn.getresponse()
+    resp.read()
+    if resp.status not in (200, 201, 204):
+        raise BackendError(f"PUT {source.name}: HTTP {resp.status} {resp.reason}")

@@ -558,15 +558,25 @@ ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
 
 def create_app(rt: Runtime) -> web.Application:
     from broker import metrics
-    from frontends.admin import hooks, tenancy, usage  # their handlers use this module's helpers
+    from frontends.admin import (  # their handlers use this module's helpers
+        hooks,
+        ovfimport,
+        snapshots,
+        tenancy,
+        usage,
+    )
     from frontends.web.app import create_app as create_web_app
 
     app = web.Application(
         middlewares=[metrics.middleware(rt, "admin"), error_middleware], client_max_size=MAX_BODY
     )
-    # uploads stream past client_max_size: only image_upload reads request.content itself
+    # uploads stream past client_max_size: only image_upload and ovfimport.ovf_file read
+    # request.content themselves
     app[RUNTIME] = rt
-    for method, path, handler in (*ROUTES, *usage.ROUTES, *hooks.ROUTES, *tenancy.ROUTES):
+    # snapshots first: ROUTES' POST /api/v1/instances/{id}/{verb} would match its POST
+    routes = (*snapshots.ROUTES, *ROUTES, *ovfimport.ROUTES, *usage.ROUTES, *hooks.ROUTES,
+              *tenancy.ROUTES)  # fmt: skip
+    for method, path, handler in routes:
         app.router.add_route(method, path, handler)
     app.add_subapp("/ui/", create_web_app(rt))
     return app
