@@ -744,8 +744,6 @@ def image_register(
 @pass_ctx
 def image_import(ctx: Ctx, name: str, path: str, hypervisor: str, public: bool) -> None:
     """Upload a disk image file into the broker's image store, with progress."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
     client = ctx.client()
     made = client.call(
         "POST",
@@ -753,19 +751,26 @@ def image_import(ctx: Ctx, name: str, path: str, hypervisor: str, public: bool) 
         {"name": name, "hypervisor": hypervisor, "visibility": "public" if public else "private"},
     )
     source = Path(path)
-    with Progress(
+    with _transfer_bar(ctx) as bar:
+        task = bar.add_task(f"importing {source.name}", total=source.stat().st_size)
+        done = client.upload(
+            f"/api/v1/images/{made['id']}/data", source, lambda n: bar.advance(task, n)
+        )
+    show(ctx, done)
+
+
+def _transfer_bar(ctx: Ctx) -> Any:
+    """A progress display for uploads, on stderr (and silent with --json)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         console=Console(stderr=True),
         disable=ctx.as_json,
-    ) as bar:
-        task = bar.add_task(f"importing {source.name}", total=source.stat().st_size)
-        done = client.upload(
-            f"/api/v1/images/{made['id']}/data", source, lambda n: bar.advance(task, n)
-        )
-    show(ctx, done)
+    )
 
 
 @image.command("import-ovf")
@@ -780,8 +785,6 @@ def image_import_ovf(
 ) -> None:
     """Import an OVF package (the descriptor and the disks beside it) into a host's datastore
     as a template, registered as image NAME."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
     ovf = Path(ovf_path)
     client = ctx.client()
     made = client.call(
@@ -800,14 +803,7 @@ def image_import_ovf(
     for href, source in sources:
         if not source.is_file():
             fail(f"{ovf.name} references {href}, which is not beside it")
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=Console(stderr=True),
-        disable=ctx.as_json,
-    ) as bar:
+    with _transfer_bar(ctx) as bar:
         for href, source in sources:
             task = bar.add_task(f"uploading {href}", total=source.stat().st_size)
             path = f"/api/v1/images/{image_id}/ovf/{_id(href)}"

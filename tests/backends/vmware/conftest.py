@@ -12,6 +12,7 @@ from backends.vmware import vcsim
 from backends.vmware.backend import VmwareBackend
 from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
+from tests.broker.test_serve import server  # noqa: F401  (a real serve, for CLI tests)
 
 
 @pytest.fixture(scope="session")

@@ -4,24 +4,8 @@ cluster), ``--vs-cluster`` when the two differ, and wrong credentials in one lin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from backends.vmware import vcsim
-from tests.broker.test_serve import Server, cli, cli_json, write_config
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(write_config(tmp_path))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.kill()
+from tests.broker.test_serve import Server, cli, cli_json
 
 
 def test_host_add_names_the_vcenter_cluster_with_cluster(

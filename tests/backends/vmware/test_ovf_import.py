@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from broker.service import instances, targets, users
 from broker.service.instances import LaunchRequest
 from broker.states import State
 from tests.backends.vmware.test_backend import Disconnect, direct, find_vm, secret, settle, world
-from tests.broker.test_serve import Server, cli, cli_json, wait_state, write_config
+from tests.broker.test_serve import Server, cli, cli_json, wait_state
 from tests.conftest import make_user
 from tests.frontends.admin.conftest import admin_api, call
 
@@ -234,17 +233,6 @@ async def test_a_target_that_cannot_import_answers_501(sqlite_rt: Runtime) -> No
         "code": "Unsupported",
         "message": "the libvirt driver of 'kvm-1' cannot import OVF packages",
     }
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(write_config(tmp_path))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.kill()
 
 
 def test_the_cli_imports_and_the_image_launches(

@@ -5,11 +5,7 @@ simulator itself; and through the ``cloudbroker instance snapshot`` CLI of a rea
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from backends.vmware.backend import VmwareBackend
 from backends.vmware.vcsim import Simulator
@@ -29,7 +25,7 @@ from tests.backends.vmware.test_backend import (
     settle,
     world,
 )
-from tests.broker.test_serve import Server, cli, cli_json, wait_state, write_config
+from tests.broker.test_serve import Server, cli, cli_json, wait_state
 from tests.conftest import make_user
 from tests.frontends.admin.conftest import admin_api, call
 
@@ -130,17 +126,6 @@ async def test_snapshots_through_the_admin_api(vrt: Runtime, sim: Simulator) -> 
             "reverted to snapshot 'clean'",
             "snapshot 'configured' deleted",
         ]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(write_config(tmp_path))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.kill()
 
 
 def test_the_cli_snapshot_commands(server: Server, esx: Simulator) -> None:
