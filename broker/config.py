@@ -24,6 +24,7 @@ class BrokerSection:
     site_id: str = ""
     local_host: str = "auto"  # auto | libvirt | simulated | none
     seed: bool = True  # flavors, the default network and the ready image on first start
+    kept_answers: int = 1024  # answers kept per frontend while the database is unchanged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +189,8 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     ec2 = kwargs["ec2"]
     if not 0 <= ec2.rate_limit < float("inf") or (ec2.rate_limit > 0 and ec2.rate_burst < 1):
         raise ConfigError("[ec2] rate_limit must be 0 or more, and rate_burst at least 1")
+    if kwargs["broker"].kept_answers < 0:
+        raise ConfigError("[broker] kept_answers must be 0 (keep none) or more")
     if kwargs["accounting"].batch < 1:
         raise ConfigError("[accounting] batch must be at least 1")
     return Config(**kwargs, policy=policy)

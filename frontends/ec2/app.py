@@ -161,7 +161,7 @@ def create_app(rt: Runtime) -> web.Application:
     app[VERIFIER] = Verifier(max_skew=MAX_SKEW)
     app[CLOCK] = lambda: dt.datetime.fromtimestamp(rt.clock(), dt.UTC)
     app[FRAGMENTS] = render.Fragments()
-    app[REPLIES] = Replies()
+    app[REPLIES] = Replies(rt.config.broker.kept_answers)
     app[LIMITER] = RateLimiter(rt.config.ec2.rate_limit, rt.config.ec2.rate_burst)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -374,7 +374,7 @@ def create_app(rt: Runtime) -> web.Application:
     app[RUNTIME] = rt
     app[CATALOG] = Catalog()
     app[PIECES] = render.Pieces()
-    app[KEPT] = Kept(256)
+    app[KEPT] = Kept(rt.config.broker.kept_answers)
     app.cleanup_ctx.append(_attacher)
     for method, path, handler in routes():
         app.router.add_route(method, path, handler)

@@ -7,7 +7,11 @@ import re
 import sqlite3
 from typing import Any
 
+import pytest
+
 from broker.auth import Caller
+from broker.config import from_mapping
+from broker.errors import ConfigError
 from frontends.ec2.replies import Replies
 from tests.frontends.ec2.conftest import Server, Tenant, client, new_tenant, signed
 
@@ -102,3 +106,13 @@ def test_another_tenant_never_gets_a_kept_answer(server: Server, alice: Tenant) 
         {"Action": "DescribeInstances", "Version": "2016-11-15", "InstanceId.1": rid},
     )
     assert reply.status == 400 and reply.code == "InvalidInstanceID.NotFound"
+
+
+def test_kept_answers_is_a_size_and_zero_keeps_none() -> None:
+    with pytest.raises(ConfigError, match="kept_answers"):
+        from_mapping({"broker": {"kept_answers": -1}}, env={})
+    cfg = from_mapping({"broker": {"kept_answers": 0}}, env={})
+    kept = Replies(cfg.broker.kept_answers)
+    key = kept.key(ALICE, "h", {"Action": "DescribeInstances"})
+    kept.keep(key, (1, 1), _body("rid"), "rid")
+    assert len(kept) == 0 and kept.get(key, (1, 1), "x") is None
