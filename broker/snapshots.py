@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -21,68 +21,72 @@ from broker.states import ON_TARGET, State
 _HELD = tuple(s.value for s in ON_TARGET)
 
 
+_LATEST: Final = (
+    select(m.HostSample.target_id, func.max(m.HostSample.id).label("sid"))
+    .group_by(m.HostSample.target_id)
+    .subquery()
+)
+# what a cycle reads, built once (building a statement costs more than running it here)
+_HELD_BY_TARGET: Final = (
+    select(
+        m.Instance.target_id,
+        func.sum(m.Instance.vcpus),
+        func.sum(m.Instance.memory_mb),
+        func.sum(m.Instance.disk_gb),
+        func.count(),
+    )
+    .where(m.Instance.state.in_(_HELD), m.Instance.target_id.is_not(None))
+    .group_by(m.Instance.target_id)
+)
+_LATEST_SAMPLES: Final = select(
+    m.HostSample.target_id, m.HostSample.load, m.HostSample.free_disk_gb
+).join(_LATEST, _LATEST.c.sid == m.HostSample.id)
+_HELD_BY_FLAVOR: Final = (
+    select(m.Instance.target_id, m.Instance.flavor, func.count())
+    .join(m.Target, m.Target.id == m.Instance.target_id)
+    .where(m.Instance.state.in_(_HELD), m.Target.kind != "host")
+    .group_by(m.Instance.target_id, m.Instance.flavor)
+)
+_TARGETS: Final = (
+    select(
+        m.Target.id,
+        m.Target.name,
+        m.Target.kind,
+        m.Target.driver,
+        m.Target.hypervisor,
+        m.Cluster.name,
+        m.Target.state,
+        m.Target.total_cpu,
+        m.Target.total_memory_mb,
+        m.Target.total_disk_gb,
+        m.Target.reserved_cpu,
+        m.Target.reserved_cpu_pct,
+        m.Target.reserved_memory_mb,
+        m.Target.reserved_memory_pct,
+        m.Cluster.reserved_cpu,
+        m.Cluster.reserved_cpu_pct,
+        m.Cluster.reserved_memory_mb,
+        m.Cluster.reserved_memory_pct,
+        m.Target.simulated,
+        m.Target.settings,
+    )
+    .outerjoin(m.Cluster, m.Cluster.id == m.Target.cluster_id)
+    .order_by(m.Target.name)
+)
+
+
 async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
     held = {
         tid: (cpu or 0, mem or 0, disk or 0, n)
-        for tid, cpu, mem, disk, n in await conn.execute(
-            select(
-                m.Instance.target_id,
-                func.sum(m.Instance.vcpus),
-                func.sum(m.Instance.memory_mb),
-                func.sum(m.Instance.disk_gb),
-                func.count(),
-            )
-            .where(m.Instance.state.in_(_HELD), m.Instance.target_id.is_not(None))
-            .group_by(m.Instance.target_id)
-        )
+        for tid, cpu, mem, disk, n in await conn.execute(_HELD_BY_TARGET)
     }
-    latest = (
-        select(m.HostSample.target_id, func.max(m.HostSample.id).label("sid"))
-        .group_by(m.HostSample.target_id)
-        .subquery()
-    )
     samples = {
-        tid: (load, free_disk)
-        for tid, load, free_disk in await conn.execute(
-            select(m.HostSample.target_id, m.HostSample.load, m.HostSample.free_disk_gb).join(
-                latest, latest.c.sid == m.HostSample.id
-            )
-        )
+        tid: (load, free_disk) for tid, load, free_disk in await conn.execute(_LATEST_SAMPLES)
     }
     by_flavor: dict[str, dict[str, int]] = {}
-    for tid, flavor, n in await conn.execute(
-        select(m.Instance.target_id, m.Instance.flavor, func.count())
-        .join(m.Target, m.Target.id == m.Instance.target_id)
-        .where(m.Instance.state.in_(_HELD), m.Target.kind != "host")
-        .group_by(m.Instance.target_id, m.Instance.flavor)
-    ):
+    for tid, flavor, n in await conn.execute(_HELD_BY_FLAVOR):
         by_flavor.setdefault(str(tid), {})[flavor] = n
-    rows = await conn.execute(
-        select(
-            m.Target.id,
-            m.Target.name,
-            m.Target.kind,
-            m.Target.driver,
-            m.Target.hypervisor,
-            m.Cluster.name,
-            m.Target.state,
-            m.Target.total_cpu,
-            m.Target.total_memory_mb,
-            m.Target.total_disk_gb,
-            m.Target.reserved_cpu,
-            m.Target.reserved_cpu_pct,
-            m.Target.reserved_memory_mb,
-            m.Target.reserved_memory_pct,
-            m.Cluster.reserved_cpu,
-            m.Cluster.reserved_cpu_pct,
-            m.Cluster.reserved_memory_mb,
-            m.Cluster.reserved_memory_pct,
-            m.Target.simulated,
-            m.Target.settings,
-        )
-        .outerjoin(m.Cluster, m.Cluster.id == m.Target.cluster_id)
-        .order_by(m.Target.name)
-    )
+    rows = await conn.execute(_TARGETS)
     out = []
     for (
         tid,

@@ -7,10 +7,11 @@ of a thousand launches must not cost thousands of round trips to the database.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from broker import model as m
 from broker.protocols import LaunchSpec, NicSpec
@@ -40,6 +41,35 @@ _MAIN = (
 )
 
 
+_RIDS: Final[BindParameter[Any]] = bindparam("rids", expanding=True)
+# built once: building a statement costs more than running it for a cycle's few instances
+_SPECS: Final = (
+    select(*_MAIN)
+    .join(m.Image, m.Image.id == m.Instance.image_id)
+    .join(m.Target, m.Target.id == m.Instance.target_id)
+    .where(m.Instance.id.in_(_RIDS))
+)
+_NICS: Final = (
+    select(
+        m.NetworkInterface.instance_id,
+        m.NetworkInterface.mac,
+        m.NetworkInterface.ip,
+        m.Network.name,
+        m.Network.bridge,
+        m.Network.cidr,
+        m.Network.gateway,
+        m.Network.dns,
+    )
+    .join(m.Network, m.Network.id == m.NetworkInterface.network_id)
+    .where(m.NetworkInterface.instance_id.in_(_RIDS))
+    .order_by(m.NetworkInterface.device_index)
+)
+_GROUPS: Final = select(
+    m.InstanceSecurityGroup.instance_id, m.InstanceSecurityGroup.group_id
+).where(m.InstanceSecurityGroup.instance_id.in_(_RIDS))
+_TAGS: Final = select(m.Tag.resource_id, m.Tag.key, m.Tag.value).where(m.Tag.resource_id.in_(_RIDS))
+
+
 async def launch_specs(
     conn: AsyncConnection,
     rids: Sequence[str],
@@ -48,14 +78,7 @@ async def launch_specs(
     """Specs of the instances ``rids`` (those still placed on a target)."""
     if not rids:
         return {}
-    rows = (
-        await conn.execute(
-            select(*_MAIN)
-            .join(m.Image, m.Image.id == m.Instance.image_id)
-            .join(m.Target, m.Target.id == m.Instance.target_id)
-            .where(m.Instance.id.in_(rids))
-        )
-    ).all()
+    rows = (await conn.execute(_SPECS, {"rids": list(rids)})).all()
     wanted_keys = {(r[17], r[16]) for r in rows if r[16]}
     keys: dict[tuple[str, str], str] = {}
     if wanted_keys:
@@ -66,34 +89,14 @@ async def launch_specs(
         ):
             keys[(owner, name)] = public
     nics: dict[str, list[NicSpec]] = {}
-    nic_rows = await conn.execute(
-        select(
-            m.NetworkInterface.instance_id,
-            m.NetworkInterface.mac,
-            m.NetworkInterface.ip,
-            m.Network.name,
-            m.Network.bridge,
-            m.Network.cidr,
-            m.Network.gateway,
-            m.Network.dns,
-        )
-        .join(m.Network, m.Network.id == m.NetworkInterface.network_id)
-        .where(m.NetworkInterface.instance_id.in_(rids))
-        .order_by(m.NetworkInterface.device_index)
-    )
+    nic_rows = await conn.execute(_NICS, {"rids": list(rids)})
     for rid, mac, ip, net, bridge, cidr, gateway, dns in nic_rows:
         nics.setdefault(str(rid), []).append(NicSpec(mac, ip, net, bridge, cidr, gateway, dns))
     groups: dict[str, list[str]] = {}
-    for rid, gid in await conn.execute(
-        select(m.InstanceSecurityGroup.instance_id, m.InstanceSecurityGroup.group_id).where(
-            m.InstanceSecurityGroup.instance_id.in_(rids)
-        )
-    ):
+    for rid, gid in await conn.execute(_GROUPS, {"rids": list(rids)}):
         groups.setdefault(rid, []).append(gid)
     tags: dict[str, dict[str, str]] = {}
-    for rid, key, value in await conn.execute(
-        select(m.Tag.resource_id, m.Tag.key, m.Tag.value).where(m.Tag.resource_id.in_(rids))
-    ):
+    for rid, key, value in await conn.execute(_TAGS, {"rids": list(rids)}):
         tags.setdefault(rid, {})[key] = value
     out = {}
     for r in rows:
