@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import ids
@@ -113,14 +113,38 @@ def _visible(caller: Caller) -> Any:
     )
 
 
-async def visible_image(conn: AsyncConnection, caller: Caller, image_id: str) -> ImageView:
-    row = (
-        await conn.execute(
-            select(*_COLS).where(
-                m.Image.id == image_id, m.Image.state != "deregistered", _visible(caller)
+_ONE_IMAGE: Final = select(*_COLS).where(
+    m.Image.id == bindparam("image_id"), m.Image.state != "deregistered"
+)
+#: an image a user may launch, as :func:`_visible` says, with the caller as binds (built once)
+_ONE_VISIBLE: Final = _ONE_IMAGE.where(
+    or_(
+        m.Image.owner_id == bindparam("user"),
+        m.Image.visibility == "public",
+        (m.Image.visibility == "group") & (m.Image.group_id == bindparam("group")),
+        m.Image.id.in_(
+            select(m.LaunchPermission.image_id).where(
+                m.LaunchPermission.grantee.in_(bindparam("grantees", expanding=True))
             )
+        ),
+    )
+)
+
+
+async def visible_image(conn: AsyncConnection, caller: Caller, image_id: str) -> ImageView:
+    if caller.is_admin:
+        found = await conn.execute(_ONE_IMAGE, {"image_id": image_id})
+    else:
+        found = await conn.execute(
+            _ONE_VISIBLE,
+            {
+                "image_id": image_id,
+                "user": caller.user_id,
+                "group": caller.group_id,
+                "grantees": [caller.user_id, caller.group_id, "all"],
+            },
         )
-    ).first()
+    row = found.first()
     if row is None:
         raise NotFound(f"the image '{image_id}' does not exist", resource="image", field=image_id)
     return ImageView(*row)  # type: ignore[call-arg]

@@ -345,6 +345,7 @@ class _Batch:
         default_factory=dict
     )
     checked: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
+    leased: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # per network
     tokens: dict[tuple[str, str], list[InstanceView]] = dataclasses.field(default_factory=dict)
     instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -439,7 +440,7 @@ async def _launch_in(
     reservation = ids.new_id("reservation")
     now = utcnow()
     rids = [ids.new_id("instance") for _ in range(count)]
-    nics = await networks.plan_interfaces(conn, caller, net, rids, req.private_ip)
+    nics = await networks.plan_interfaces(conn, caller, net, rids, req.private_ip, batch.leased)
     state = (State.HOLD if req.hold else State.PENDING).value
     rows: list[dict[str, Any]] = [
         {

@@ -12,8 +12,9 @@ import ipaddress
 import secrets
 import socket
 from collections.abc import Sequence
+from typing import Final
 
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import bindparam, delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import ids
@@ -59,21 +60,29 @@ def new_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
+_USABLE: Final = select(*_COLS)
+#: a network the caller may join: shared (no owner) or their own
+_NETWORK: Final = _USABLE.where(
+    or_(m.Network.owner_id.is_(None), m.Network.owner_id == bindparam("user")),
+    m.Network.id == bindparam("id"),
+)
+
+
 async def pick_network(
     conn: AsyncConnection, caller: Caller, network_id: str | None, zone: str | None
 ) -> NetworkView | None:
     """The network a launch joins: the one asked for, else the zone's default, else none."""
-    stmt = select(*_COLS).where(
-        or_(m.Network.owner_id.is_(None), m.Network.owner_id == caller.user_id)
-    )
     if network_id is not None:
-        row = (await conn.execute(stmt.where(m.Network.id == network_id))).first()
+        row = (await conn.execute(_NETWORK, {"user": caller.user_id, "id": network_id})).first()
         if row is None:
             raise NotFound(
                 f"the network '{network_id}' does not exist", resource="network", field=network_id
             )
     else:
-        stmt = stmt.where(m.Network.is_default.is_(True))
+        stmt = _USABLE.where(
+            or_(m.Network.owner_id.is_(None), m.Network.owner_id == caller.user_id),
+            m.Network.is_default.is_(True),
+        )
         if zone is not None:
             stmt = stmt.where(or_(m.Network.zone == zone, m.Network.zone == ""))
         row = (await conn.execute(stmt.order_by(m.Network.id).limit(1))).first()
@@ -111,8 +120,13 @@ async def plan_interfaces(
     net: NetworkView | None,
     rids: Sequence[str],
     fixed_ip: str | None,
+    leased: dict[str, set[int]] | None = None,
 ) -> PlannedInterfaces:
-    """An interface and a lease on ``net`` for each instance (lowest free addresses first)."""
+    """An interface and a lease on ``net`` for each instance (lowest free addresses first).
+
+    ``leased`` carries the addresses in use per network between launches of one transaction:
+    read once, then kept up to date with what each plan takes.
+    """
     if net is None or not rids:
         return PlannedInterfaces([], [], {})
     if fixed_ip is not None and len(rids) > 1:
@@ -120,8 +134,12 @@ async def plan_interfaces(
             "a private address can be given to one instance only", field="PrivateIpAddress"
         )
     first, last = _range(net)
-    leased = await conn.scalars(select(m.Lease.ip).where(m.Lease.network_id == net.id))
-    used = {_as_int(ip) for ip in leased.all()}
+    used = None if leased is None else leased.get(net.id)
+    if used is None:
+        rows = await conn.scalars(select(m.Lease.ip).where(m.Lease.network_id == net.id))
+        used = {_as_int(ip) for ip in rows.all()}
+        if leased is not None:
+            leased[net.id] = used
     chosen: list[int] = []
     if fixed_ip is not None:
         try:
@@ -147,6 +165,7 @@ async def plan_interfaces(
                 resource="network",
                 field="InsufficientFreeAddresses",
             )
+    used.update(chosen)
     plan = PlannedInterfaces([], [], {})
     for rid, ip_int in zip(rids, chosen, strict=True):
         ip, mac, nic = str(ipaddress.ip_address(ip_int)), new_mac(), ids.new_id("interface")
