@@ -16,6 +16,8 @@ from pathlib import Path
 import libvirt
 
 from backends.libvirt import backend as _backend  # noqa: F401 - quiets libvirt's stderr
+from backends.libvirt.guest import GuestBuildError, build_tiny_guest
+from backends.libvirt.lab.debian import PackageError
 from broker.auth import SYSTEM
 from broker.runtime import Runtime
 from broker.seed import zone_name
@@ -66,6 +68,7 @@ async def add_local_host(rt: Runtime) -> None:
             cluster=zone,
             settings={"uri": "qemu:///system"},
         )
+        await register_tiny_guest(rt, tiny_guest_cache(rt.config.data_path))
         return
     node = simulated_node_file(rt.config.data_path)
     await targets.add(
@@ -91,3 +94,38 @@ async def add_local_host(rt: Runtime) -> None:
         ),
     )
     log.info("no libvirtd answers at qemu:///system: the local host is simulated")
+
+
+def tiny_guest_cache(data_dir: Path) -> Path:
+    """Where the ready image of a real local host is built and kept (the lab and the tests
+    use the same place under the repository's ``var``)."""
+    return data_dir / "cache" / "images" / "tiny"
+
+
+async def register_tiny_guest(rt: Runtime, cache: Path) -> str | None:
+    """Build (or reuse) the tiny guest in ``cache`` and register it as the public image
+    ``tiny``; its id, or ``None`` with a warning saying what to do when it cannot be built."""
+    try:
+        guest = await asyncio.to_thread(build_tiny_guest, cache)
+    except (GuestBuildError, PackageError, OSError) as exc:
+        log.warning(
+            "the ready image could not be built (%s): register one with "
+            "`cloudbroker image register`",
+            exc,
+        )
+        return None
+    image = await images.register(
+        rt,
+        SYSTEM,
+        images.ImageSpec(
+            name="tiny",
+            kind="kernel",
+            kernel=str(guest.kernel),
+            ramdisk=str(guest.initrd),
+            cmdline=guest.cmdline,
+            hypervisor="kvm",
+            description="a tiny Linux guest built from Debian packages",
+            visibility="public",
+        ),
+    )
+    return image.id
