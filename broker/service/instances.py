@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    exists,
     insert,
     literal,
     null,
@@ -64,6 +65,7 @@ MAX_COUNT = 1000
 MAX_USER_DATA = 16 * 1024
 DONE_VISIBLE_FOR = dt.timedelta(hours=1)
 MAX_TAGS = 50
+MAX_TEXT = 256
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +145,9 @@ class InstanceFilter:
     target_ids: tuple[str, ...] = ()
     owner_ids: tuple[str, ...] = ()
     tags: tuple[TagFilter, ...] = ()
+    #: a case-insensitive substring of the id, hostname, image, flavor, an address, the target's
+    #: name, or a tag's key or value (letters compare case-insensitively only in ASCII on SQLite)
+    text: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -636,7 +641,33 @@ def _conditions(flt: InstanceFilter) -> list[Any]:
     if flt.states:
         conds.append(m.Instance.state.in_([s.value for s in flt.states]))
     conds.extend(tag_conditions(m.Instance.id, flt.tags))
+    if flt.text:
+        conds.append(_text_matches(flt.text))
     return conds
+
+
+def _text_matches(text: str) -> Any:
+    """Instances where ``text`` occurs in a searchable column, the target's name or a tag (the
+    page statements join the target, so its name is a column here)."""
+    if len(text) > MAX_TEXT:
+        raise InvalidRequest(f"the search text is limited to {MAX_TEXT} characters", field="text")
+
+    def has(column: Any) -> Any:
+        return column.icontains(text, autoescape=True)
+
+    columns = (
+        m.Instance.id,
+        m.Instance.hostname,
+        m.Instance.image_id,
+        m.Instance.flavor,
+        m.Instance.private_ip,
+        m.Instance.public_ip,
+        m.Target.name,
+    )
+    tagged = exists().where(
+        m.Tag.resource_id == m.Instance.id, or_(has(m.Tag.key), has(m.Tag.value))
+    )
+    return or_(*(has(c) for c in columns), tagged)
 
 
 def _scope(caller: Caller) -> str:

@@ -3,25 +3,29 @@
 Each handler calls the service functions the admin API calls, with the signed-in caller, so
 what a page shows and what an action may do is decided by :func:`broker.auth.authorize`.
 Actions that destroy (terminate, drain, disable) first answer with a confirmation form.
+Lists are paged (:mod:`frontends.web.paging`): a search or filter reads on until a page is
+full, so it sees every row the caller may see, never only the first thousand.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from broker import errors
 from broker.auth import Caller
 from broker.service import flavors, images, instances, networks, policies, targets, users, volumes
+from broker.service.common import MAX_FILTER_VALUES, Page
 from broker.service.instances import InstanceFilter, InstanceView
+from broker.service.targets import TargetView
 from broker.states import Action, State
 from frontends.admin import capacity as capacity_doc
 from frontends.admin.views import events as instance_events
 from frontends.admin.views import explanation
-from frontends.web import charts, data, stream
+from frontends.web import charts, data, paging, stream
 from frontends.web.base import (
     SESSIONS,
     THROTTLE,
@@ -50,7 +54,8 @@ DESTRUCTIVE_INSTANCE = ("terminate",)
 TARGET_ACTIONS = {"enable": "enabled", "disable": "disabled", "drain": "draining"}
 DESTRUCTIVE_TARGET = ("disable", "drain")
 MAX_QUERY = 200
-LIST_LIMIT = 1000
+NOT_PLACED = "(not placed)"
+T = TypeVar("T")
 
 
 def matches(q: str, *values: object) -> bool:
@@ -142,8 +147,8 @@ async def _dashboard(request: web.Request) -> dict[str, Any]:
     hosts = [t for t in found if t.kind == "host"]
     history = await data.host_history(rt, [t.id for t in hosts])
     given = await data.allocated(rt)
-    page = await instances.describe(rt, caller, limit=LIST_LIMIT)
-    by_state, by_where = data.counts(page.items)
+    every = await _every_instance(request)
+    by_state, by_where = data.counts(every)
     clusters: dict[str, list[Any]] = {}
     for host in hosts:
         series = history.get(host.id, [])
@@ -165,18 +170,31 @@ async def _dashboard(request: web.Request) -> dict[str, Any]:
     spend: list[data.Spend] = []
     if caller.is_admin:
         current = await policies.current(rt, caller)
-        spend = data.burst_spend(current, found, page.items, await flavors.describe(rt))
+        spend = data.burst_spend(current, found, every, await flavors.describe(rt))
     free = await capacity_doc.document(rt, caller)
     return dict(
         clusters=clusters,
         by_state=by_state,
         by_where=by_where,
-        total=len(page.items),
+        total=len(every),
         spend=spend,
         remote=[t for t in found if t.kind != "host"],
         free=free,
         budget_bar=charts.bar,
     )
+
+
+async def _every_instance(request: web.Request) -> list[InstanceView]:
+    """All the caller's instances, read a service page at a time, for the dashboard's counts."""
+    rt, caller = rt_of(request), caller_of(request)
+    out: list[InstanceView] = []
+    token: str | None = None
+    while True:
+        page = await instances.describe(rt, caller, limit=paging.BATCH, token=token)
+        out.extend(page.items)
+        if page.next_token is None:
+            return out
+        token = page.next_token
 
 
 # --- instances ----------------------------------------------------------------------------------
@@ -186,18 +204,31 @@ def _instance_row(view: InstanceView) -> dict[str, Any]:
     return {"v": view, "where": data.where_label(view)}
 
 
-async def instance_list(request: web.Request) -> web.Response:
-    rt, caller = rt_of(request), caller_of(request)
-    q, state, where = query(request, "q"), query(request, "state"), query(request, "where")
-    if state and state not in {s.value for s in State}:
-        raise errors.InvalidRequest(f"unknown state '{state}'", field="state")
-    flt = InstanceFilter(states=(State(state),) if state else ())
-    since = await stream.newest(rt)
-    page = await instances.describe(rt, caller, flt, limit=LIST_LIMIT)
-    rows = [
-        _instance_row(v)
-        for v in page.items
-        if matches(
+def _by_id(item: Any) -> str:
+    return str(item.id)
+
+
+def _by_name(item: Any) -> str:
+    return str(item.name)
+
+
+def _places(found: Sequence[TargetView]) -> list[str]:
+    """Every value of the "where" filter (what :func:`data.where_label` can say)."""
+    remote = sorted(f"{t.kind} {t.name}" for t in found if t.kind != "host")
+    return [NOT_PLACED, "local", *remote]
+
+
+def _placed_on(found: Sequence[TargetView], where: str) -> tuple[str, ...]:
+    """The targets "where" names, for the service to filter on (empty: Python filters)."""
+    if where == "local":
+        hosts = tuple(t.id for t in found if t.kind == "host")
+        return hosts if len(hosts) <= MAX_FILTER_VALUES else ()
+    return tuple(t.id for t in found if t.kind != "host" and f"{t.kind} {t.name}" == where)
+
+
+def _instance_matches(q: str, where: str) -> Callable[[InstanceView], bool]:
+    def keep(v: InstanceView) -> bool:
+        return matches(
             q,
             v.id,
             v.hostname,
@@ -208,15 +239,42 @@ async def instance_list(request: web.Request) -> web.Response:
             v.target_name,
             *v.tags.keys(),
             *v.tags.values(),
-        )
-        and (not where or data.where_label(v) == where)
-    ]
-    wheres = sorted({data.where_label(v) for v in page.items})
+        ) and (not where or data.where_label(v) == where)
+
+    return keep
+
+
+async def instance_list(request: web.Request) -> web.Response:
+    rt, caller = rt_of(request), caller_of(request)
+    q, state, where = query(request, "q"), query(request, "state"), query(request, "where")
+    if state and state not in {s.value for s in State}:
+        raise errors.InvalidRequest(f"unknown state '{state}'", field="state")
+    at = paging.position(request)
+    found = await targets.describe(rt, caller)
+    wheres = _places(found)
+    if where and where not in wheres:
+        raise errors.InvalidRequest(f"unknown place '{where}'", field="where")
+    on = _placed_on(found, where) if where else ()
+    # SQL narrows every read (ASCII search text compares alike in SQL and Python); the same
+    # test in Python then decides, so a page never shows a row the filters would not keep
+    text = q if q.isascii() else ""
+    flt = InstanceFilter(states=(State(state),) if state else (), target_ids=on, text=text)
+    in_sql = bool(text or not q) and bool(on or not where)
+    since = await stream.newest(rt)
+
+    async def fetch(after: str | None, n: int) -> Page[InstanceView]:
+        return await instances.describe(rt, caller, flt, limit=n, token=paging.token(after))
+
+    keep = _instance_matches(q, where)
+    window = await paging.fill(fetch, _by_id, keep, at, at.size + 1 if in_sql else paging.BATCH)
+    filters = (("q", q), ("state", state), ("where", where))
     return render(
         request,
         "instances.html",
         since=since,
-        rows=rows,
+        rows=[_instance_row(v) for v in window.rows],
+        pager=paging.pager(request, "instances", filters, at, window, _by_id),
+        whole=at.after is None and not window.more,
         q=q,
         state_filter=state,
         where=where,
@@ -284,13 +342,23 @@ async def target_list(request: web.Request) -> web.Response:
     q, kind = query(request, "q"), query(request, "kind")
     if kind and kind not in ("host", "region", "peer"):
         raise errors.InvalidRequest(f"unknown kind '{kind}'", field="kind")
+    at = paging.position(request)
     found = await targets.describe(rt, caller, kind=kind or None)
-    rows = [
-        t
-        for t in found
-        if matches(q, t.name, t.cluster, t.driver, t.hypervisor, t.state, t.state_reason)
-    ]
-    return render(request, "targets.html", rows=rows, q=q, kind=kind, admin=caller.is_admin)
+
+    def keep(t: TargetView) -> bool:
+        return matches(q, t.name, t.cluster, t.driver, t.hypervisor, t.state, t.state_reason)
+
+    window = await paging.fill(paging.listed(found, _by_name), _by_name, keep, at)
+    pager = paging.pager(request, "targets", (("q", q), ("kind", kind)), at, window, _by_name)
+    return render(
+        request,
+        "targets.html",
+        rows=window.rows,
+        pager=pager,
+        q=q,
+        kind=kind,
+        admin=caller.is_admin,
+    )
 
 
 async def target_action(request: web.Request) -> web.StreamResponse:
@@ -316,35 +384,56 @@ async def target_action(request: web.Request) -> web.StreamResponse:
 # --- the other lists ----------------------------------------------------------------------------
 
 
-def _filtered(items: Iterable[Any], q: str, *attrs: str) -> list[Any]:
-    return [i for i in items if matches(q, *(getattr(i, a) for a in attrs))]
+def _searching(q: str, *attrs: str) -> Callable[[Any], bool]:
+    def keep(item: Any) -> bool:
+        return matches(q, *(getattr(item, a) for a in attrs))
+
+    return keep
+
+
+async def _simple_list(
+    request: web.Request,
+    route: str,
+    fetch: paging.Fetch[T],
+    key: Callable[[T], str],
+    *attrs: str,
+) -> web.Response:
+    """A list with only a search: the service reads, Python searches, a page at a time."""
+    q, at = query(request, "q"), paging.position(request)
+    window = await paging.fill(fetch, key, _searching(q, *attrs), at)
+    pager = paging.pager(request, route, (("q", q),), at, window, key)
+    return render(request, f"{route}.html", rows=window.rows, pager=pager, q=q)
 
 
 async def image_list(request: web.Request) -> web.Response:
     rt, caller = rt_of(request), caller_of(request)
-    q = query(request, "q")
-    page = await images.describe(rt, caller, limit=LIST_LIMIT)
-    rows = _filtered(page.items, q, "id", "name", "description", "kind", "hypervisor", "state")
-    return render(request, "images.html", rows=rows, q=q)
+
+    async def fetch(after: str | None, n: int) -> Page[images.ImageView]:
+        return await images.describe(rt, caller, limit=n, token=paging.token(after))
+
+    attrs = ("id", "name", "description", "kind", "hypervisor", "state")
+    return await _simple_list(request, "images", fetch, _by_id, *attrs)
 
 
 async def network_list(request: web.Request) -> web.Response:
-    rt, caller = rt_of(request), caller_of(request)
-    q = query(request, "q")
-    rows = _filtered(await networks.describe(rt, caller), q, "id", "name", "cidr", "bridge", "zone")
-    return render(request, "networks.html", rows=rows, q=q)
+    found = await networks.describe(rt_of(request), caller_of(request))
+    fetch = paging.listed(found, _by_name)
+    attrs = ("id", "name", "cidr", "bridge", "zone")
+    return await _simple_list(request, "networks", fetch, _by_name, *attrs)
 
 
 async def volume_list(request: web.Request) -> web.Response:
     rt, caller = rt_of(request), caller_of(request)
-    q = query(request, "q")
-    page = await volumes.describe(rt, caller, limit=LIST_LIMIT)
-    rows = _filtered(page.items, q, "id", "zone", "state", "instance_id")
-    return render(request, "volumes.html", rows=rows, q=q)
+
+    async def fetch(after: str | None, n: int) -> Page[volumes.VolumeView]:
+        return await volumes.describe(rt, caller, limit=n, token=paging.token(after))
+
+    attrs = ("id", "zone", "state", "instance_id")
+    return await _simple_list(request, "volumes", fetch, _by_id, *attrs)
 
 
 async def user_list(request: web.Request) -> web.Response:
-    rt, caller = rt_of(request), caller_of(request)
-    q = query(request, "q")
-    rows = _filtered(await users.list_users(rt, caller), q, "id", "name", "group", "role")
-    return render(request, "users.html", rows=rows, q=q)
+    found = await users.list_users(rt_of(request), caller_of(request))
+    fetch = paging.listed(found, _by_name)
+    attrs = ("id", "name", "group", "role")
+    return await _simple_list(request, "users", fetch, _by_name, *attrs)
