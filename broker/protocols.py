@@ -110,6 +110,11 @@ class PolicyFactory(Protocol):
 
     def normalise_document(self, data: Mapping[str, Any]) -> dict[str, Any]: ...
 
+    def check_expressions(self, requirements: str, rank: str) -> None:
+        """Raise InvalidRequest (field ``requirements`` or ``rank``, with the position) when an
+        instance's own expression is malformed, so a launch refuses it instead of waiting."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NicSpec:

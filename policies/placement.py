@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
+from broker.errors import InvalidRequest
 from broker.protocols import Decision, PlacementRequest, TargetSnapshot
 from policies import burst as b
 from policies import expr
@@ -94,6 +95,21 @@ class DefaultPolicy:
     def normalise_document(data: Mapping[str, Any]) -> dict[str, Any]:
         """The document as stored: validated and with every default spelled out."""
         return b.BurstPolicy.from_dict(dict(data)).to_dict()
+
+    @staticmethod
+    def check_expressions(requirements: str, rank: str) -> None:
+        """Refuse an instance's malformed requirements or rank expression, saying where."""
+        for field, text, parse in (
+            ("requirements", requirements, expr.parse_requirements),
+            ("rank", rank, expr.parse_rank),
+        ):
+            if text:
+                try:
+                    parse(text)
+                except expr.ExprError as exc:
+                    raise InvalidRequest(
+                        f"the {field} expression is invalid: {exc}", field=field
+                    ) from None
 
     def target_settings(self, target_name: str) -> dict[str, Any]:
         """What the burst policy says a backend must translate for ``target_name``: our

@@ -213,6 +213,8 @@ async def launch(rt: Runtime, caller: Caller, req: LaunchRequest) -> list[Instan
     checked and admitted in turn exactly as it would be alone.
     """
     _validate_request(req)
+    if (req.requirements or req.rank) and rt.policy_factory is not None:
+        rt.policy_factory.check_expressions(req.requirements, req.rank)  # refused, not stuck
     if req.client_token:
         existing = await _by_token(rt, caller, req.client_token)
         if existing:
