@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from broker.errors import InvalidRequest
+from broker.mappings import mapped_name
 from broker.protocols import TargetSnapshot
 from policies import expr
 from policies.filters import target_running_by_flavor
@@ -110,10 +111,10 @@ class BurstTarget:
         """The target's instance type for our flavor; no map at all means the same names."""
         if not self.flavor_map:
             return flavor
-        return _lookup(self.flavor_map, flavor)
+        return mapped_name(self.flavor_map, flavor)
 
     def image(self, image_id: str) -> str | None:
-        return _lookup(self.image_map, image_id)
+        return mapped_name(self.image_map, image_id)
 
     def key(self, name: str) -> str:
         return self.key_map.get(name, name)
@@ -127,15 +128,6 @@ class BurstTarget:
         if itype is None or itype not in self.prices:
             return None
         return _micro(self.prices[itype])
-
-
-def _lookup(table: Mapping[str, str], ours: str) -> str | None:
-    hit = table.get(ours)
-    if hit is None:
-        hit = table.get("*")
-        if hit == "*":
-            return ours
-    return hit
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -4,8 +4,10 @@
 
 - AMI: the image's own mapping for this target by name (``Image.mappings[target_name]``), then for
   the region (``Image.mappings["ec2:REGION"]``), then the operator's ``settings["image_map"]``
-  keyed by our image id. No match refuses the launch (nothing is sent).
-- instance type: ``settings["flavor_map"][flavor]``, else the flavor's own name (ours are EC2's).
+  keyed by our image id or ``"*"`` (:func:`broker.mappings.mapped_name`, as placement reads it).
+  No match refuses the launch (nothing is sent).
+- instance type: ``settings["flavor_map"]`` the same way, else the flavor's own name (ours are
+  EC2's).
 - key pair: ``settings["key_map"][key_name]``, else ``key_map["*"]``, else none: our key pairs do
   not exist in the region unless the operator imported and mapped them.
 - security groups: each of ours through ``settings["security_group_map"]`` (a group id or a list),
@@ -34,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from broker.errors import InvalidRequest
+from broker.mappings import mapped_name
 from broker.protocols import LaunchSpec
 
 TAG_BROKER = "cloudbroker:broker"
@@ -67,7 +70,7 @@ def run_key(spec: LaunchSpec, target_name: str, region: str, settings: Mapping[s
     image = (
         spec.image_mappings.get(target_name)
         or spec.image_mappings.get(f"ec2:{region}")
-        or _map(settings, "image_map").get(spec.image_id)
+        or mapped_name(_map(settings, "image_map"), spec.image_id)
     )
     if not isinstance(image, str) or not image.startswith("ami-"):
         raise InvalidRequest(
@@ -75,7 +78,7 @@ def run_key(spec: LaunchSpec, target_name: str, region: str, settings: Mapping[s
             "the image's mappings or to the target's image_map",
             field="image_id",
         )
-    flavor = str(_map(settings, "flavor_map").get(spec.flavor) or spec.flavor)
+    flavor = mapped_name(_map(settings, "flavor_map"), spec.flavor) or spec.flavor
     keys = _map(settings, "key_map")
     key = keys.get(spec.key_name or "") or keys.get("*")
     group_map = _map(settings, "security_group_map")

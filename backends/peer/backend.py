@@ -74,6 +74,7 @@ from broker.errors import (
     QuotaExceeded,
     Unsupported,
 )
+from broker.mappings import mapped_name
 from broker.protocols import LaunchSpec, Observed, Placement, TargetConfig, TargetProbe
 from broker.states import Action, State
 
@@ -142,15 +143,6 @@ def translate(exc: Exception, what: str) -> BrokerError:
 
 def _outage(exc: BrokerError) -> bool:
     return isinstance(exc, BackendUnavailable | BackendTimeout) and not isinstance(exc, PeerRefused)
-
-
-def _lookup(table: Mapping[str, Any], ours: str) -> str | None:
-    hit = table.get(ours)
-    if hit is None:
-        hit = table.get("*")
-        if hit == "*":
-            return ours
-    return str(hit) if hit is not None else None
 
 
 class PeerBackend:
@@ -444,7 +436,7 @@ class PeerBackend:
         if not mapped:
             table = spec.target_settings.get("image_map") or {}
             if isinstance(table, Mapping):
-                mapped = _lookup(table, spec.image_id)
+                mapped = mapped_name(table, spec.image_id)
         name = str(getattr(spec, "image_name", "") or "")
         if doc is not None:
             if mapped and mapped not in doc.images:
@@ -461,7 +453,7 @@ class PeerBackend:
 
     def _run_params(self, spec: LaunchSpec, image: str) -> dict[str, Any]:
         flavors = spec.target_settings.get("flavor_map") or {}
-        flavor = _lookup(flavors, spec.flavor) if isinstance(flavors, Mapping) else None
+        flavor = mapped_name(flavors, spec.flavor) if isinstance(flavors, Mapping) else None
         params: dict[str, Any] = {
             "ImageId": image,
             "InstanceType": flavor or spec.flavor,

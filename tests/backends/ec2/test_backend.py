@@ -217,6 +217,13 @@ async def test_mapping_precedence_and_refusals(make_backend: MakeBackend, ami: s
     assert batching.run_key(by_region, "aws-east", REGION, settings).image == "ami-by-region"
     fallback = batching.run_key(spec(ami, image_mappings={}), "aws-east", REGION, settings)
     assert fallback.image == "ami-from-settings" and fallback.groups == ("sg-default",)
+    # "*" reads as placement reads it: any of our images or flavors; "*" = "*" the same name
+    catch_all = {"image_map": {"*": "ami-for-all"}, "flavor_map": {"*": "t3.large"}}
+    other = spec(ami, image_mappings={}, flavor="m1.small")
+    key = batching.run_key(other, "aws-east", REGION, catch_all)
+    assert (key.image, key.instance_type) == ("ami-for-all", "t3.large")
+    same = {"image_map": {"*": "ami-for-all"}, "flavor_map": {"*": "*"}}
+    assert batching.run_key(other, "aws-east", REGION, same).instance_type == "m1.small"
     backend = make_backend()
     with pytest.raises(InvalidRequest, match="no AMI"):
         await backend.launch(spec(ami, image_mappings={"elsewhere": "ami-x"}))
