@@ -829,6 +829,17 @@ def _read_page(
     return [_view(r, tags, nics, sgs) for r in rows], more
 
 
+def _addressed(
+    found: Sequence[InterfaceView], kind: str | None, ip: str | None
+) -> tuple[InterfaceView, ...]:
+    """An instance on a peer or in a public-cloud region has the address that target gave it
+    (the instance's private_ip, as the monitor observes it) on its primary interface, not the
+    lease made here at launch."""
+    if kind not in ("peer", "region") or not ip:
+        return tuple(found)
+    return tuple(dataclasses.replace(nic, ip=ip) if nic.device_index == 0 else nic for nic in found)
+
+
 def _view(
     r: Any,
     tags: Mapping[str, Mapping[str, str]],
@@ -860,7 +871,7 @@ def _view(
         r[20],
         r[21],
         tags=tags.get(rid, {}),
-        interfaces=tuple(nics.get(rid, ())),
+        interfaces=_addressed(nics.get(rid, ()), r[22], r[17]),
         security_groups=tuple(sgs.get(rid, ())),
         target_kind=r[22],
         target_name=r[23],

@@ -322,6 +322,11 @@ def test_a_burst_instance_through_ec2_and_occi(
     assert view.target_name == TARGET and view.state is State.RUNNING
     why = broker.run(explanation(broker.rt, broker.user, rid))
     assert why["target"] == TARGET and why["considered"]["local"] == "removed by capacity", why
+    # the address is EC2's, at the top and on the primary interface (not our launch-time lease)
+    mine = ec2.describe_instances(InstanceIds=[rid])["Reservations"][0]["Instances"][0]
+    primary = [n for n in mine["NetworkInterfaces"] if n["Attachment"]["DeviceIndex"] == 0]
+    assert mine["PrivateIpAddress"] == remote["PrivateIpAddress"]
+    assert [n["PrivateIpAddress"] for n in primary] == [remote["PrivateIpAddress"]]
 
     status, body = broker.occi("GET", f"/compute/{rid}")
     assert status == 200, body

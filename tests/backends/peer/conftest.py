@@ -50,7 +50,7 @@ class Site:
         self.name = name
         self.dir = root / name
         self.dir.mkdir(parents=True)
-        self.ec2_port, self.admin_port = free_port(), free_port()
+        self.ec2_port, self.admin_port, self.occi_port = free_port(), free_port(), free_port()
         self.region = f"{name}-1"
         node = self.dir / "data" / "hosts" / "simulated-node.xml"
         node.parent.mkdir(parents=True)
@@ -60,7 +60,7 @@ class Site:
             f'[broker]\ndata_dir = "data"\nlocal_host = "simulated"\n'
             f'region = "{self.region}"\nsite_id = "site-{name}"\n'
             f'[ec2]\nlisten = "127.0.0.1:{self.ec2_port}"\n'
-            f"[occi]\nenabled = false\n"
+            f'[occi]\nenabled = true\nlisten = "127.0.0.1:{self.occi_port}"\n'
             f'[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n'
             f"[monitor]\ninterval = 0.5\nmisses = 3\nprobe_timeout = 3\n"
             f"[scheduler]\ninterval = 0.2\n"
@@ -70,6 +70,10 @@ class Site:
     @property
     def ec2_url(self) -> str:
         return f"http://127.0.0.1:{self.ec2_port}"
+
+    @property
+    def occi_url(self) -> str:
+        return f"http://127.0.0.1:{self.occi_port}"
 
     @property
     def admin_url(self) -> str:
@@ -100,9 +104,14 @@ class Site:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the CLI against this site; ``input`` is what the operator types (else none)."""
         result = subprocess.run(
             [*CLI, "--config", str(self.cfg), *args],
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=120,
