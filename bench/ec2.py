@@ -151,7 +151,7 @@ class Conn:
         return status, body
 
 
-def _worker(port: int, raw: bytes, start: float, stop: float, out: Any) -> None:
+def _worker(port: int, raw: bytes, start: float, stop: float, ok: int, out: Any) -> None:
     conn = Conn(port)
     conn.roundtrip(raw)  # connect and warm up before the clock starts
     while time.time() < start:
@@ -160,19 +160,20 @@ def _worker(port: int, raw: bytes, start: float, stop: float, out: Any) -> None:
     while True:
         status, _ = conn.roundtrip(raw)
         done += 1
-        bad += status != 200
+        bad += status != ok
         if time.time() >= stop:
             break
     out.put((done, bad, time.time()))
 
 
-def load(port: int, raw: bytes, workers: int, seconds: float) -> dict[str, float]:
-    """Requests per second that ``workers`` client processes get through in ``seconds``."""
+def load(port: int, raw: bytes, workers: int, seconds: float, ok: int = 200) -> dict[str, float]:
+    """Requests per second that ``workers`` client processes get through in ``seconds``, each
+    answered with status ``ok``."""
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     start = time.time() + 1.0
     procs = [
-        ctx.Process(target=_worker, args=(port, raw, start, start + seconds, out))
+        ctx.Process(target=_worker, args=(port, raw, start, start + seconds, ok, out))
         for _ in range(workers)
     ]
     for p in procs:

@@ -29,7 +29,19 @@ class EventRecord:
 async def record(conn: AsyncConnection, events: Iterable[EventRecord]) -> None:
     """Insert events in one statement (no-op for an empty batch)."""
     now = utcnow()
-    rows = [dict(dataclasses.asdict(e), at=now) for e in events]
+    rows = [
+        {
+            "resource_id": e.resource_id,
+            "kind": e.kind,
+            "actor": e.actor,
+            "from_state": e.from_state,
+            "to_state": e.to_state,
+            "message": e.message,
+            "detail": e.detail,
+            "at": now,
+        }
+        for e in events
+    ]
     if rows:
         await conn.execute(insert(m.Event), rows)
 

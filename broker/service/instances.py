@@ -326,9 +326,10 @@ async def _limited(conn: AsyncConnection, callers: Sequence[Caller]) -> frozense
     groups = sorted({c.group_id for c in callers if c.user_id and c.group_id})
     if not users:
         return frozenset()
-    await conn.execute(_LOCK_USERS, {"ids": users})
-    if groups:
-        await conn.execute(_LOCK_GROUPS, {"ids": groups})
+    if conn.dialect.name != "sqlite":  # SQLite has no row locks: its one writer is the lock
+        await conn.execute(_LOCK_USERS, {"ids": users})
+        if groups:
+            await conn.execute(_LOCK_GROUPS, {"ids": groups})
     found = await conn.scalars(_LIMITED, {"subjects": [*users, *groups]})
     return frozenset(found.all())
 
@@ -392,16 +393,15 @@ async def _image(conn: AsyncConnection, caller: Caller, image_id: str, batch: _B
     return image
 
 
+_FLAVOR_SIZE: Final = select(m.Flavor.vcpus, m.Flavor.memory_mb, m.Flavor.disk_gb).where(
+    m.Flavor.name == bindparam("name")
+)
+
+
 async def _flavor(conn: AsyncConnection, name: str, batch: _Batch) -> tuple[int, int, int]:
     found = batch.flavors.get(name)
     if found is None:
-        row = (
-            await conn.execute(
-                select(m.Flavor.vcpus, m.Flavor.memory_mb, m.Flavor.disk_gb).where(
-                    m.Flavor.name == name
-                )
-            )
-        ).first()
+        row = (await conn.execute(_FLAVOR_SIZE, {"name": name})).first()
         if row is None:
             raise InvalidRequest(f"the flavor '{name}' does not exist", field="flavor")
         found = batch.flavors[name] = (row[0], row[1], row[2])

@@ -67,6 +67,25 @@ _NETWORK: Final = _USABLE.where(
     m.Network.id == bindparam("id"),
 )
 
+#: the first default network the caller may join, in any zone / in a zone or zone-less
+_DEFAULT_NETWORK: Final = (
+    _USABLE.where(
+        or_(m.Network.owner_id.is_(None), m.Network.owner_id == bindparam("user")),
+        m.Network.is_default.is_(True),
+    )
+    .order_by(m.Network.id)
+    .limit(1)
+)
+_ZONE_DEFAULT_NETWORK: Final = (
+    _USABLE.where(
+        or_(m.Network.owner_id.is_(None), m.Network.owner_id == bindparam("user")),
+        m.Network.is_default.is_(True),
+        or_(m.Network.zone == bindparam("zone"), m.Network.zone == ""),
+    )
+    .order_by(m.Network.id)
+    .limit(1)
+)
+
 
 async def pick_network(
     conn: AsyncConnection, caller: Caller, network_id: str | None, zone: str | None
@@ -79,13 +98,13 @@ async def pick_network(
                 f"the network '{network_id}' does not exist", resource="network", field=network_id
             )
     else:
-        stmt = _USABLE.where(
-            or_(m.Network.owner_id.is_(None), m.Network.owner_id == caller.user_id),
-            m.Network.is_default.is_(True),
-        )
-        if zone is not None:
-            stmt = stmt.where(or_(m.Network.zone == zone, m.Network.zone == ""))
-        row = (await conn.execute(stmt.order_by(m.Network.id).limit(1))).first()
+        if zone is None:
+            found = await conn.execute(_DEFAULT_NETWORK, {"user": caller.user_id})
+        else:
+            found = await conn.execute(
+                _ZONE_DEFAULT_NETWORK, {"user": caller.user_id, "zone": zone}
+            )
+        row = found.first()
         if row is None:
             return None
     view = NetworkView(*row)

@@ -529,7 +529,23 @@ _CATEGORY_PARAMS = frozenset(
 )
 
 
+#: the shape nearly every client sends (``term; scheme="...#"; class="..."``), read in one match;
+#: anything else (other parameters, escapes, other spellings) takes the general path below
+_PLAIN_CATEGORY_RE = re.compile(
+    r'([A-Za-z0-9][A-Za-z0-9._-]*)\s*;\s*scheme\s*=\s*"([^"\\\s]*#)"'
+    r'\s*;\s*class\s*=\s*"(kind|mixin|action)"'
+)
+
+
 def _category(element: str, where: str, *, need_class: bool) -> _CategoryText:
+    plain = _PLAIN_CATEGORY_RE.fullmatch(element)
+    if plain is not None:
+        term, scheme, cls = plain.groups()
+        return _CategoryText(scheme, term, _CLASSES[cls], {"scheme": scheme, "class": cls}, where)
+    return _any_category(element, where, need_class=need_class)
+
+
+def _any_category(element: str, where: str, *, need_class: bool) -> _CategoryText:
     term, raw = _params(element, where)
     if not TERM_RE.fullmatch(term):
         raise OcciParseError(f"{where}: malformed Category term {term[:60]!r}")

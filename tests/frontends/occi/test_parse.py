@@ -520,3 +520,39 @@ def test_validate_entity_with_links() -> None:
     )
     with pytest.raises(OcciValidationError, match=r"occi\.core\.target"):
         p.validate_entity(registry, bad)
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        'compute; scheme="http://schemas.ogf.org/occi/infrastructure#"; class="kind"',
+        'compute ;scheme = "http://schemas.ogf.org/occi/infrastructure#" ; class= "mixin"',
+        'ami-0123; scheme="http://schemas.cloudbroker.org/occi/templates/os#"; class="mixin"',
+        'start; scheme="http://schemas.ogf.org/occi/infrastructure/compute/action#";class="action"',
+        # near misses: each takes the general path and must read the same as before
+        'compute; scheme="http://schemas.ogf.org/occi/infrastructure#"; class="Kind"',
+        'compute; Scheme="http://schemas.ogf.org/occi/infrastructure#"; class="kind"',
+        'compute; scheme="http://schemas.ogf.org/occi/infra\\"structure#"; class="kind"',
+        'compute; scheme="http://schemas.ogf.org/occi/infrastructure#"; class=kind',
+        'compute; scheme="http://schemas.ogf.org/occi/infrastructure#"; class="kind"; title="x"',
+        'compute; class="kind"; scheme="http://schemas.ogf.org/occi/infrastructure#"',
+    ],
+)
+def test_the_plain_category_shortcut_reads_as_the_general_parser(element: str) -> None:
+    assert p._category(element, "line 1", need_class=True) == p._any_category(
+        element, "line 1", need_class=True
+    )
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        'compute; scheme="http://schemas.ogf.org/occi/infrastructure"; class="kind"',  # no '#'
+        'compute; scheme="http://schemas.ogf.org/occi/ infrastructure#"; class="kind"',
+        'compute; scheme="http://schemas.ogf.org/occi/infrastructure#"; class="kinds"',
+        '-compute; scheme="http://schemas.ogf.org/occi/infrastructure#"; class="kind"',
+    ],
+)
+def test_what_the_shortcut_does_not_take_is_still_refused(element: str) -> None:
+    with pytest.raises(p.OcciParseError):
+        p._category(element, "line 1", need_class=True)
