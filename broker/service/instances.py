@@ -342,8 +342,8 @@ class _Batch:
     a launch by anyone else is admitted without counting (no limit applies, as
     :func:`broker.service.quotas.admit_instances` would find; :func:`_limited` has locked
     their rows as it would). Instances without interfaces are
-    inserted together at the end; those with interfaces at once, since the next launch's
-    address plan must see their leases.
+    inserted together at the end, or before a launch whose quota must count them; those with
+    interfaces at once, since the next launch's address plan must see their leases.
     """
 
     limited: frozenset[str] | None = None
@@ -441,6 +441,9 @@ async def _launch_in(
     if not caller.user_id or batch.unlimited(caller):
         count = req.max_count
     else:
+        if batch.instances:  # what this batch admitted so far must count against the quota
+            await conn.execute(insert(m.Instance), batch.instances)
+            batch.instances.clear()
         count = await quotas.admit_instances(
             conn, caller, req.min_count, req.max_count, vcpus, memory_mb
         )
