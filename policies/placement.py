@@ -532,6 +532,9 @@ class Considered(Mapping[str, str]):
         if target.kind != "host":
             if cycle.policy.burst.target(target.name) is None:
                 return "removed by burst policy: not a burst target"
+            if self.chosen is not None and cycle.targets[self.chosen].kind != "host":
+                first = cycle.targets[self.chosen].name
+                return f"not tried: {first} comes first in the burst order"
             return self._burst_note or "not tried"
         removed = bucket.removed.get(target.name)
         if removed is not None:

@@ -147,6 +147,17 @@ async def test_fill_local_then_burst_in_order_until_the_budget(
     assert "budget of west" in why["waiting_for"] and "limit of east" in why["waiting_for"]
     burst = await explanation(rt, alice, made[4].id)
     assert burst["target"] == "west" and "east" in burst["reason"]
+    for view in views[:6]:  # every placed instance: where it went and why
+        said = await explanation(rt, alice, view.id)
+        assert said["target"] == view.target_name and said["reason"], said
+        considered = said["considered"]
+        if view.target_name == "local":
+            assert considered["east"].startswith("not tried: a local host fits"), said
+        elif view.target_name == "east":
+            assert considered["local"] == "removed by capacity", said
+            assert considered["west"] == "not tried: east comes first in the burst order", said
+        else:
+            assert considered["east"].startswith("removed by burst policy: instance limit"), said
     tested = await policies.test_policy(rt, SYSTEM, {**document, "targets": []})
     assert tested["pending"] == 1 and tested["by_target"] == {"(waits)": 1}
     assert len(await policies.history(rt, SYSTEM)) == 1
