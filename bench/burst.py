@@ -1,8 +1,10 @@
 """Burst launches against moto's server: EC2 API calls per launched instance, steady-state
-observation calls per cycle, and the broker's added time per launch.
+observation calls per cycle, and the broker's added time per launch, in the backend alone and
+end to end through ``cloudbroker serve``.
 
-Both sides run in the same process against the same moto server, with the same concurrency
-(``--concurrency``, default 16: the scheduler's ``in_flight_per_target``):
+**The backend alone** (the first figures): both sides run in this process against one in-process
+moto server, with the same concurrency (``--concurrency``, default 16: the scheduler's
+``in_flight_per_target``):
 
 - ``baseline``: plain boto3, one RunInstances per instance (MinCount=MaxCount=1, with a tag),
   from a thread pool; what a broker without batching would send;
@@ -11,7 +13,22 @@ Both sides run in the same process against the same moto server, with the same c
   the inventory it reads before its first launch.
 
 Then ``--cycles`` monitor cycles (probe + observe of every instance) measure the calls one
-cycle costs. ``python -m bench.burst`` prints one JSON object on its last line.
+cycle costs. This leaves out the broker's own path (EC2 frontend, service, scheduler, monitor).
+
+**End to end** (``end_to_end`` in the JSON; :mod:`bench._burst_e2e`): a moto server process and a
+real ``python -m broker --config <tmp> serve`` (no local host, one EC2 region target at moto, a
+``no_local_fit`` burst policy). In the same run, from ``--concurrency`` threads: the same
+``--instances`` RunInstances (MinCount=MaxCount=1) straight to moto (``direct``), then through
+our EC2 endpoint (``ours``). Each launch is timed from its call until a DescribeInstances of the
+same side shows it running (a watcher polls every ``--poll`` seconds), with the wall time until
+all run. ``added_ms_per_launch`` is ours minus direct, ``ratio_per_launch_mean`` ours over
+direct. Ours is also split at the moment the broker recorded EC2's answer to its RunInstances
+(``to_ec2_answered_ms``, then ``ec2_answered_to_running_ms``: waiting for a monitor cycle, so
+about ``--monitor-interval``). ``ec2_calls`` are the requests moto's recorder saw with the
+target's key from the first launch until all ran: launches and every monitor observation in
+that window; ``instances_in_ec2`` checks that nothing was launched twice.
+
+``python -m bench.burst`` prints one JSON object on its last line.
 """
 
 from __future__ import annotations
@@ -31,6 +48,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from backends.ec2.backend import Ec2Backend
+from bench import _burst_e2e
 from broker.protocols import LaunchSpec, TargetConfig
 
 REGION = "us-east-1"
@@ -164,6 +182,9 @@ def main() -> None:
     parser.add_argument("-n", "--instances", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--poll", type=float, default=0.05, help="end to end: watcher period, s")
+    parser.add_argument("--monitor-interval", type=float, default=1.0, help="end to end, s")
+    parser.add_argument("--scheduler-interval", type=float, default=0.2, help="end to end, s")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -186,6 +207,9 @@ def main() -> None:
             got = asyncio.run(broker(url, ami, n, args.concurrency, args.cycles, tmp))
     finally:
         server.stop()
+    e2e = _burst_e2e.run(
+        args.instances, args.concurrency, args.poll, args.monitor_interval, args.scheduler_interval
+    )
     calls = sum(got["launch_calls"].values())
     base_ms = 1000 * base_s / n
     ours_ms = 1000 * got["seconds"] / n
@@ -212,6 +236,7 @@ def main() -> None:
                 "ratio_time_vs_baseline": round(got["seconds"] / base_s, 3),
                 "baseline_p50_latency_ms": round(1000 * statistics.median(base_lat), 2),
                 "broker_p50_latency_ms": round(1000 * statistics.median(got["latencies"]), 2),
+                "end_to_end": e2e,
             }
         )
     )
