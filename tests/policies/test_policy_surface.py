@@ -20,31 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from botocore.exceptions import ClientError
 from sqlalchemy import func, select
 
 from broker import model as m
-from broker.app import open_runtime
 from broker.auth import SYSTEM
 from broker.client import AdminClient
-from broker.config import from_mapping
 from broker.monitor import Monitor
 from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
-from broker.scheduler import Scheduler
 from broker.service import images, instances, networks, targets, users
 from broker.service.instances import LaunchRequest
 from broker.states import State
 from frontends.ec2.app import create_app as ec2_app
-from policies.placement import DefaultPolicy
 from tests.broker.test_serve import Server as Serve
 from tests.broker.test_serve import cli, cli_json, server  # noqa: F401  (a real serve)
 from tests.conftest import make_user
 from tests.fakes import FakeBackend
 from tests.frontends.admin.conftest import admin_api, call
 from tests.frontends.ec2.conftest import REGION, ZONE, Server, Tenant, client, new_tenant
-from tests.harness import in_thread
+from tests.harness import fake_cloud, in_thread, listen, running_loops
 
 REQUIREMENTS_TAG = "cloudbroker:requirements"
 RANK_TAG = "cloudbroker:rank"
@@ -55,53 +50,16 @@ BAD_EXPRESSION = "FREE_CPU >= & 2"
 
 async def _start_two_hosts(tmp: Path, ready: threading.Event, holder: dict[str, Any]) -> None:
     """A broker with hosts h1 (16 CPUs) and h2 (32 CPUs), the EC2 frontend, and its loops."""
-    cfg = from_mapping(
-        {
-            "broker": {"data_dir": str(tmp), "local_host": "none", "region": REGION},
-            "monitor": {"interval": 0.5},
-            "scheduler": {"interval": 0.2},
-        },
-        env={},
-    )
-    rt = await open_runtime(cfg, migrate=True)
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: FakeBackend
-    )  # type: ignore[arg-type,return-value]
-    for name, cpu in (("h1", 16), ("h2", 32)):
-        await targets.add(
-            rt,
-            SYSTEM,
-            name=name,
-            kind="host",
-            driver="fake",
-            hypervisor="kvm",
-            cluster=ZONE,
-            settings={"cpu": cpu, "memory_mb": 65536},
-        )
-    await Monitor(rt).cycle()
-    image = await images.register(
-        rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")
-    )
+    rt, image_id = await fake_cloud(tmp, REGION, ZONE, {"h1": (16, 65536), "h2": (32, 65536)})
     net = await networks.create(rt, SYSTEM, name="big", cidr="10.30.0.0/20", zone=ZONE)
-    runner = web.AppRunner(ec2_app(rt), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    endpoint = f"http://{host}:{port}"
-    scheduler = Scheduler(rt, DefaultPolicy())
-    tasks = [asyncio.create_task(scheduler.run()), asyncio.create_task(Monitor(rt).run())]
-    stop = asyncio.Event()
-    holder["server"] = Server(asyncio.get_running_loop(), rt, endpoint, endpoint, image.id, net.id)
-    holder["stop"] = stop
-    ready.set()
+    runner, endpoint = await listen(ec2_app(rt))
+    holder["server"] = Server(asyncio.get_running_loop(), rt, endpoint, endpoint, image_id, net.id)
+    holder["stop"] = stop = asyncio.Event()
     try:
-        await stop.wait()
+        async with running_loops(rt):
+            ready.set()
+            await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await scheduler.aclose()
         await runner.cleanup()
         await rt.aclose()
 

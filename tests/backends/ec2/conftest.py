@@ -34,7 +34,12 @@ import boto3
 import pytest
 
 from backends.ec2.backend import Ec2Backend
+from broker.auth import SYSTEM
+from broker.plugins import BackendRegistry
 from broker.protocols import LaunchSpec, TargetConfig
+from broker.runtime import Runtime
+from broker.service import targets
+from broker.service.targets import TargetView
 
 REGION = "us-east-1"
 CREDS = {"access_key": "AKIDTESTTESTTEST", "secret_key": "not-a-real-secret"}
@@ -236,6 +241,32 @@ def target_config(
         },
         secret=dict(CREDS),
         data_dir=str(tmp),
+    )
+
+
+async def add_region(
+    rt: Runtime, moto_url: str, broker_id: str, name: str = "aws-east", **settings: Any
+) -> TargetView:
+    """The region target ``name`` at moto, added through the service, with the EC2 backend as
+    the runtime's only driver (no inventory reuse between observations: tests see changes)."""
+    rt.backends = BackendRegistry(
+        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: Ec2Backend
+    )  # type: ignore[arg-type,return-value]
+    return await targets.add(
+        rt,
+        SYSTEM,
+        name=name,
+        kind="region",
+        driver="ec2",
+        settings={
+            "region": REGION,
+            "endpoint": moto_url,
+            "broker_id": broker_id,
+            "observe_reuse": 0,
+            **FAST,
+            **settings,
+        },
+        secret=CREDS,
     )
 
 

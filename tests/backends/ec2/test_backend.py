@@ -17,7 +17,6 @@ from backends.ec2.backend import Ec2Backend, Remote
 from broker.auth import SYSTEM
 from broker.errors import BackendUnavailable, InvalidRequest, NoCapacity, Unsupported
 from broker.monitor import Monitor
-from broker.plugins import BackendRegistry
 from broker.protocols import VolumeSpec, stores_volumes
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
@@ -31,6 +30,7 @@ from tests.backends.ec2.conftest import (
     FAST,
     REGION,
     MakeBackend,
+    add_region,
     ours,
     spec,
     target_config,
@@ -333,25 +333,8 @@ async def test_broker_path_runs_a_burst_instance(
     sqlite_rt: Runtime, moto_url: str, raw: Any, ami: str, broker_id: str
 ) -> None:
     rt = sqlite_rt
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: Ec2Backend
-    )  # type: ignore[arg-type,return-value]
-    region = await targets.add(
-        rt,
-        SYSTEM,
-        name="aws-east",
-        kind="region",
-        driver="ec2",
-        settings={
-            "region": REGION,
-            "endpoint": moto_url,
-            "broker_id": broker_id,
-            "prices": {"t3.micro": 0.0104},
-            "max_instances": 10,
-            "observe_reuse": 0,
-            **FAST,
-        },
-        secret=CREDS,
+    region = await add_region(
+        rt, moto_url, broker_id, prices={"t3.micro": 0.0104}, max_instances=10
     )
     assert "secret" not in str(region.settings) and CREDS["secret_key"] not in str(region)
     monitor = Monitor(rt)
@@ -394,19 +377,7 @@ async def test_broker_path_marks_an_instance_terminated_outside_lost(
     sqlite_rt: Runtime, moto_url: str, raw: Any, ami: str, broker_id: str
 ) -> None:
     rt = sqlite_rt
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: Ec2Backend
-    )  # type: ignore[arg-type,return-value]
-    settings = {"region": REGION, "endpoint": moto_url, "broker_id": broker_id, **FAST}
-    await targets.add(
-        rt,
-        SYSTEM,
-        name="aws-east",
-        kind="region",
-        driver="ec2",
-        settings={**settings, "observe_reuse": 0},
-        secret=CREDS,
-    )
+    await add_region(rt, moto_url, broker_id)
     monitor = Monitor(rt)
     await monitor.cycle()
     image = await images.register(

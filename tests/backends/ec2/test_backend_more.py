@@ -21,12 +21,11 @@ from broker import model as m
 from broker.auth import SYSTEM
 from broker.errors import NotFound
 from broker.monitor import Monitor
-from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
-from broker.service import images, instances, targets
+from broker.service import images, instances
 from broker.service.instances import LaunchRequest
 from broker.states import Action, State
-from tests.backends.ec2.conftest import CREDS, FAST, REGION, MakeBackend, ours, spec
+from tests.backends.ec2.conftest import REGION, MakeBackend, add_region, ours, spec
 from tests.backends.ec2.test_backend import burst_to, settle
 from tests.broker.test_serve import Server as Serve
 from tests.broker.test_serve import cli, cli_json, server  # noqa: F401  (a real serve)
@@ -57,34 +56,11 @@ async def test_reboot_of_a_burst_instance(
     await backend.act(placed.ref, Action.TERMINATE)
 
 
-async def add_region(rt: Runtime, moto_url: str, broker_id: str, **settings: Any) -> str:
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: Ec2Backend
-    )  # type: ignore[arg-type,return-value]
-    view = await targets.add(
-        rt,
-        SYSTEM,
-        name="aws-east",
-        kind="region",
-        driver="ec2",
-        settings={
-            "region": REGION,
-            "endpoint": moto_url,
-            "broker_id": broker_id,
-            "observe_reuse": 0,
-            **FAST,
-            **settings,
-        },
-        secret=CREDS,
-    )
-    return view.id
-
-
 async def test_broker_path_reboots_a_burst_instance(
     sqlite_rt: Runtime, moto_url: str, raw: Any, ami: str, broker_id: str
 ) -> None:
     rt = sqlite_rt
-    region = await add_region(rt, moto_url, broker_id)
+    region = (await add_region(rt, moto_url, broker_id)).id
     monitor = Monitor(rt)
     await monitor.cycle()
     image = await images.register(

@@ -23,7 +23,6 @@ from urllib.parse import urlencode, urlsplit
 
 import boto3
 import pytest
-from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -32,18 +31,11 @@ from sqlalchemy import insert
 
 from broker import ids
 from broker import model as m
-from broker.app import open_runtime
 from broker.auth import SYSTEM
-from broker.config import from_mapping
-from broker.monitor import Monitor
-from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
-from broker.scheduler import Scheduler
-from broker.service import images, networks, targets, users
+from broker.service import networks, users
 from frontends.ec2.app import CLOCK, create_app
-from policies.placement import DefaultPolicy
-from tests.fakes import FakeBackend
-from tests.harness import in_thread
+from tests.harness import fake_cloud, in_thread, listen, running_loops
 
 T = TypeVar("T")
 REGION = "cloudbroker-1"
@@ -77,66 +69,28 @@ class Tenant:
 
 
 async def _start(tmp: Path, ready: threading.Event, holder: dict[str, Any]) -> None:
-    cfg = from_mapping(
-        {
-            "broker": {"data_dir": str(tmp), "local_host": "none", "region": REGION},
-            "monitor": {"interval": 0.5},
-            "scheduler": {"interval": 0.2},
-        },
-        env={},
-    )
-    rt = await open_runtime(cfg, migrate=True)
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: FakeBackend
-    )  # type: ignore[arg-type,return-value]
-    await targets.add(
-        rt,
-        SYSTEM,
-        name="h1",
-        kind="host",
-        driver="fake",
-        hypervisor="kvm",
-        cluster=ZONE,
-        settings={"cpu": 8192, "memory_mb": 8 * 1024 * 1024},
-    )
-    await Monitor(rt).cycle()
-    image = await images.register(
-        rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")
-    )
+    rt, image_id = await fake_cloud(tmp, REGION, ZONE, {"h1": (8192, 8 * 1024 * 1024)})
     big = await networks.create(rt, SYSTEM, name="big", cidr="10.20.0.0/20", zone=ZONE)
     await users.create_user(rt, SYSTEM, "wire", access_key=WIRE_KEY, secret_key=WIRE_SECRET)
     runners = []
     endpoints = []
-    stop = asyncio.Event()
     server_box: dict[str, Server] = {}
     for replay in (False, True):
         app = create_app(rt)
         if replay:
             app[CLOCK] = lambda: server_box["s"].replay_now
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        endpoints.append(f"http://{host}:{port}")
+        runner, endpoint = await listen(app)
+        endpoints.append(endpoint)
         runners.append(runner)
-    scheduler = Scheduler(rt, DefaultPolicy())
-    tasks = [
-        asyncio.create_task(scheduler.run()),
-        asyncio.create_task(Monitor(rt).run()),
-    ]
-    server = Server(asyncio.get_running_loop(), rt, endpoints[0], endpoints[1], image.id, big.id)
+    server = Server(asyncio.get_running_loop(), rt, endpoints[0], endpoints[1], image_id, big.id)
     server_box["s"] = server
     holder["server"] = server
-    holder["stop"] = stop
-    ready.set()
+    holder["stop"] = stop = asyncio.Event()
     try:
-        await stop.wait()
+        async with running_loops(rt):
+            ready.set()
+            await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await scheduler.aclose()
         for runner in runners:
             await runner.cleanup()
         await rt.aclose()

@@ -19,22 +19,14 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from aiohttp import web
 from multidict import CIMultiDict
 
-from broker.app import open_runtime
 from broker.auth import SYSTEM
-from broker.config import from_mapping
-from broker.monitor import Monitor
-from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
-from broker.scheduler import Scheduler
-from broker.service import images, networks, targets, users
+from broker.service import networks, users
 from frontends.ec2.app import create_app as create_ec2
 from frontends.occi.app import create_app as create_occi
-from policies.placement import DefaultPolicy
-from tests.fakes import FakeBackend
-from tests.harness import in_thread
+from tests.harness import fake_cloud, in_thread, listen, running_loops
 
 T = TypeVar("T")
 REGION = "cloudbroker-1"
@@ -75,58 +67,23 @@ class Tenant:
 
 
 async def _start(tmp: Path, ready: threading.Event, holder: dict[str, Any]) -> None:
-    cfg = from_mapping(
-        {
-            "broker": {"data_dir": str(tmp), "local_host": "none", "region": REGION},
-            "monitor": {"interval": 0.5},
-            "scheduler": {"interval": 0.2},
-        },
-        env={},
-    )
-    rt = await open_runtime(cfg, migrate=True)
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: FakeBackend
-    )  # type: ignore[arg-type,return-value]
-    await targets.add(
-        rt,
-        SYSTEM,
-        name="h1",
-        kind="host",
-        driver="fake",
-        hypervisor="kvm",
-        cluster=ZONE,
-        settings={"cpu": 8192, "memory_mb": 8 * 1024 * 1024},
-    )
-    await Monitor(rt).cycle()
-    image = await images.register(
-        rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")
-    )
+    rt, image_id = await fake_cloud(tmp, REGION, ZONE, {"h1": (8192, 8 * 1024 * 1024)})
     big = await networks.create(rt, SYSTEM, name="big", cidr="10.20.0.0/20", zone=ZONE)
     runners = []
     endpoints = []
     for factory in (create_occi, create_ec2):
-        runner = web.AppRunner(factory(rt), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        endpoints.append(f"http://{host}:{port}")
+        runner, endpoint = await listen(factory(rt))
+        endpoints.append(endpoint)
         runners.append(runner)
-    scheduler = Scheduler(rt, DefaultPolicy())
-    tasks = [asyncio.create_task(scheduler.run()), asyncio.create_task(Monitor(rt).run())]
-    stop = asyncio.Event()
     holder["server"] = Server(
-        asyncio.get_running_loop(), rt, endpoints[0], endpoints[1], image.id, big.id
+        asyncio.get_running_loop(), rt, endpoints[0], endpoints[1], image_id, big.id
     )
-    holder["stop"] = stop
-    ready.set()
+    holder["stop"] = stop = asyncio.Event()
     try:
-        await stop.wait()
+        async with running_loops(rt):
+            ready.set()
+            await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await scheduler.aclose()
         for runner in runners:
             await runner.cleanup()
         await rt.aclose()

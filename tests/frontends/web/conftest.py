@@ -18,23 +18,15 @@ from typing import Any, TypeVar
 
 import boto3
 import pytest
-from aiohttp import web
 from botocore.config import Config
 
-from broker.app import open_runtime
 from broker.auth import SYSTEM
-from broker.config import from_mapping
-from broker.monitor import Monitor
-from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
-from broker.scheduler import Scheduler
-from broker.service import images, networks, targets, users
+from broker.service import networks, users
 from frontends.admin.app import create_app as admin_app
 from frontends.ec2.app import create_app as ec2_app
 from frontends.web.app import create_app as web_app
-from policies.placement import DefaultPolicy
-from tests.fakes import FakeBackend
-from tests.harness import in_thread
+from tests.harness import fake_cloud, in_thread, listen, running_loops
 
 T = TypeVar("T")
 REGION = "cloudbroker-1"
@@ -65,62 +57,22 @@ class Tenant:
     secret_key: str
 
 
-async def _listen(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
-
-
 async def _start(tmp: Path, ready: threading.Event, holder: dict[str, Any]) -> None:
-    cfg = from_mapping(
-        {
-            "broker": {"data_dir": str(tmp), "local_host": "none", "region": REGION},
-            "monitor": {"interval": 0.5},
-            "scheduler": {"interval": 0.2},
-        },
-        env={},
-    )
-    rt = await open_runtime(cfg, migrate=True)
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: FakeBackend
-    )  # type: ignore[arg-type,return-value]
-    for name in ("h1", "h2"):
-        await targets.add(
-            rt,
-            SYSTEM,
-            name=name,
-            kind="host",
-            driver="fake",
-            hypervisor="kvm",
-            cluster=ZONE,
-            settings={"cpu": 64, "memory_mb": 256 * 1024},
-        )
-    for name, kind in (("us-east-1", "region"), ("site-b", "peer")):
-        await targets.add(rt, SYSTEM, name=name, kind=kind, driver="fake")
-    await Monitor(rt).cycle()
-    image = await images.register(
-        rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")
-    )
+    hosts = {name: (64, 256 * 1024) for name in ("h1", "h2")}
+    others = (("us-east-1", "region"), ("site-b", "peer"))
+    rt, image_id = await fake_cloud(tmp, REGION, ZONE, hosts, others)
     await networks.create(rt, SYSTEM, name="lan", cidr="10.30.0.0/22", zone=ZONE)
     admin = admin_app(rt)
     admin.add_subapp("/ui/", web_app(rt))
-    admin_runner, admin_url = await _listen(admin)
-    ec2_runner, ec2_url = await _listen(ec2_app(rt))
-    scheduler = Scheduler(rt, DefaultPolicy())
-    tasks = [asyncio.create_task(scheduler.run()), asyncio.create_task(Monitor(rt).run())]
-    stop = asyncio.Event()
-    holder["server"] = Server(asyncio.get_running_loop(), rt, admin_url, ec2_url, image.id)
-    holder["stop"] = stop
-    ready.set()
+    admin_runner, admin_url = await listen(admin)
+    ec2_runner, ec2_url = await listen(ec2_app(rt))
+    holder["server"] = Server(asyncio.get_running_loop(), rt, admin_url, ec2_url, image_id)
+    holder["stop"] = stop = asyncio.Event()
     try:
-        await stop.wait()
+        async with running_loops(rt):
+            ready.set()
+            await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await scheduler.aclose()
         for runner in (admin_runner, ec2_runner):
             await runner.cleanup()
         await rt.aclose()
