@@ -4,6 +4,10 @@ Callers submit an item and wait until it is durable. Whoever finds no writer run
 one; it takes everything submitted by then (up to a batch), writes it in one go, and wakes
 those callers; items that arrive meanwhile go in the next batch. One failed batch fails only
 its own callers, who then record their results one by one.
+
+When the last batch held more than one item, callers are arriving concurrently: the writer
+then waits :data:`COMMIT_DELAY` before taking the next batch, so that the callers just woken
+can come back and share it rather than form a batch of their own. A lone caller never waits.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+#: how long the writer lets a batch fill when callers are concurrent (seconds)
+COMMIT_DELAY = 0.001
+
 
 class GroupCommit(Generic[T]):
     def __init__(self, write: Callable[[list[T]], Awaitable[None]], max_batch: int = 500) -> None:
@@ -21,6 +28,7 @@ class GroupCommit(Generic[T]):
         self._max = max_batch
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._last = 0  # items in the batch written last
 
     async def submit(self, item: T) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -32,7 +40,10 @@ class GroupCommit(Generic[T]):
     async def _run(self) -> None:
         while self._pending:
             await asyncio.sleep(0)  # let the callers that are ready now join this batch
+            if self._last > 1 and len(self._pending) < self._max:
+                await asyncio.sleep(COMMIT_DELAY)
             batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            self._last = len(batch)
             try:
                 await self._write([item for item, _ in batch])
             except Exception as exc:  # handed to each caller: they decide what failure means

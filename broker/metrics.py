@@ -91,10 +91,20 @@ class Metrics:
         self.registry.register(self._snapshot)
         self._policy: tuple[int | None, PlacementPolicy | None] = (-1, None)
         self._lock = asyncio.Lock()
+        #: (frontend, action, status) -> its request counter and latency histogram children
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, frontend: str, action: str, status: int, seconds: float) -> None:
-        self.requests.labels(frontend, action, str(status)).inc()
-        self.latency.labels(frontend, action, str(status)).observe(seconds)
+        key = (frontend, action, status)
+        series = self._series.get(key)
+        if series is None:  # labels() looks the child up each time: keep each pair found
+            names = (frontend, action, str(status))
+            series = self._series[key] = (
+                self.requests.labels(*names),
+                self.latency.labels(*names),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     async def scrape(self, rt: Runtime) -> bytes:
         """Read the database and render every family in Prometheus' text format."""

@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from broker.errors import InvalidRequest, NotFound
@@ -301,6 +302,11 @@ class Registry:
         self._by_id: dict[str, Category] = {}
         self._by_location: dict[str, str] = {}
         self._builtin: frozenset[str] = frozenset()
+        #: mixin closures and attribute definitions already worked out, until the next add or
+        #: remove (categories are immutable, so only those change them); every create of a
+        #: compute asks for the same few
+        self._closures: dict[tuple[str, ...], tuple[Mixin, ...]] = {}
+        self._definitions: dict[tuple[str, tuple[str, ...]], Mapping[str, Attribute]] = {}
         for category in categories:
             self.add(category)
 
@@ -369,6 +375,19 @@ class Registry:
 
     def mixin_closure(self, mixins: Iterable[str]) -> tuple[Mixin, ...]:
         """The mixins and every mixin they depend on, each once, in discovery order."""
+        key = tuple(mixins)
+        found = self._closures.get(key)
+        if found is None:
+            found = self._closures[key] = self._closure(key)
+        return found
+
+    def _forget(self) -> None:
+        self._closures.clear()
+        self._definitions.clear()
+
+    def _closure(self, mixins: tuple[str, ...]) -> tuple[Mixin, ...]:
+        if len(self._closures) >= 4096:  # clients name mixins freely: keep the memo small
+            self._forget()
         seen: dict[str, Mixin] = {}
         pending = list(mixins)
         while pending:
@@ -406,6 +425,7 @@ class Registry:
             if location in self._by_location:
                 raise OcciConflict(f"location {location} is already bound")
         self._check_references(category)
+        self._forget()
         self._by_id[identifier] = category
         if location is not None:
             self._by_location[location] = identifier
@@ -434,6 +454,7 @@ class Registry:
             raise OcciValidationError(f"{identifier} is not a user-defined mixin")
         if any(identifier in m.depends for m in self.mixins()):
             raise OcciConflict(f"other mixins depend on {identifier}")
+        self._forget()
         del self._by_id[identifier]
         if found.location is not None:
             self._by_location.pop(found.location, None)
@@ -537,8 +558,19 @@ class Registry:
             out.update(dict.fromkeys(mixin.actions))
         return tuple(out)
 
-    def attribute_definitions(self, kind: str, mixins: Sequence[str] = ()) -> dict[str, Attribute]:
+    def attribute_definitions(
+        self, kind: str, mixins: Sequence[str] = ()
+    ) -> Mapping[str, Attribute]:
         """Every attribute an entity may carry; a mixin's definition overrides the kind's."""
+        key = (kind, tuple(mixins))
+        found = self._definitions.get(key)
+        if found is None:
+            if len(self._definitions) >= 4096:
+                self._forget()
+            found = self._definitions[key] = MappingProxyType(self._definitions_of(*key))
+        return found
+
+    def _definitions_of(self, kind: str, mixins: Sequence[str]) -> dict[str, Attribute]:
         defs: dict[str, Attribute] = {}
         for category in reversed(self.ancestors(kind)):
             defs.update({a.name: a for a in category.attributes})

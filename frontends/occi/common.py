@@ -85,11 +85,9 @@ def media(ctx: Ctx, allowed: Sequence[str]) -> str:
 def respond(rendered: render.Rendered, status: int = 200, **headers: str) -> web.Response:
     out = CIMultiDict(rendered.headers)
     out.extend(headers)
-    resp = web.Response(body=rendered.body, status=status, headers=out)
-    resp.content_type = rendered.content_type
-    if rendered.charset:
-        resp.charset = rendered.charset
-    return resp
+    charset = f"; charset={rendered.charset}" if rendered.charset else ""
+    out["Content-Type"] = rendered.content_type + charset
+    return web.Response(body=rendered.body, status=status, headers=out)
 
 
 def entity_reply(ctx: Ctx, entity: Entity, location: str, status: int = 200) -> web.Response:

@@ -419,13 +419,23 @@ def _lines(text: str, limits: Limits) -> list[tuple[str, str, str]]:
     return out
 
 
+#: the shape nearly every client sends (``term; scheme="...#"; class="..."``), read in one match;
+#: anything else (other parameters, escapes, other spellings) takes the general path
+_PLAIN_CATEGORY_RE = re.compile(
+    r'([A-Za-z0-9][A-Za-z0-9._-]*)\s*;\s*scheme\s*=\s*"([^"\\\s]*#)"'
+    r'\s*;\s*class\s*=\s*"(kind|mixin|action)"'
+)
+
+
 def _add(fields: _Fields, key: str, value: str, where: str, limits: Limits) -> None:
     if len(value) > limits.line_length:
         raise OcciTooLarge(f"{where}: longer than {limits.line_length} characters")
     target: list[tuple[str, str]] = getattr(fields, key)
-    for element in _split(value, ",", where):
-        if element:
-            target.append((where, element))
+    plain = value.strip()
+    if key == "categories" and _PLAIN_CATEGORY_RE.fullmatch(plain):
+        target.append((where, plain))  # one plain Category: nothing to split
+    else:
+        target.extend((where, element) for element in _split(value, ",", where) if element)
     _count(len(target), getattr(limits, key), key)
 
 
@@ -526,14 +536,6 @@ _CLASSES: dict[str, Literal["kind", "mixin", "action"]] = {
 }
 _CATEGORY_PARAMS = frozenset(
     {"scheme", "class", "title", "rel", "location", "attributes", "actions"}
-)
-
-
-#: the shape nearly every client sends (``term; scheme="...#"; class="..."``), read in one match;
-#: anything else (other parameters, escapes, other spellings) takes the general path below
-_PLAIN_CATEGORY_RE = re.compile(
-    r'([A-Za-z0-9][A-Za-z0-9._-]*)\s*;\s*scheme\s*=\s*"([^"\\\s]*#)"'
-    r'\s*;\s*class\s*=\s*"(kind|mixin|action)"'
 )
 
 
