@@ -5,9 +5,10 @@ one; it takes everything submitted by then (up to a batch), writes it in one go,
 those callers; items that arrive meanwhile go in the next batch. One failed batch fails only
 its own callers, who then record their results one by one.
 
-When the last batch held more than one item, callers are arriving concurrently: the writer
-then waits :data:`COMMIT_DELAY` before taking the next batch, so that the callers just woken
-can come back and share it rather than form a batch of their own. A lone caller never waits.
+A writer made with a ``delay`` (such as :data:`COMMIT_DELAY`, for writes whose callers are
+clients waiting on a socket) waits that long before taking the next batch when the last one
+held more than one item: callers are arriving concurrently, and those just woken can come
+back and share the batch rather than form one of their own. A lone caller never waits.
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-#: how long the writer lets a batch fill when callers are concurrent (seconds)
+#: how long a launch batch may fill while clients come back with their next request (seconds)
 COMMIT_DELAY = 0.001
 
 
 class GroupCommit(Generic[T]):
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]], max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[T]], Awaitable[None]],
+        max_batch: int = 500,
+        *,
+        delay: float = 0.0,
+    ) -> None:
         self._write = write
         self._max = max_batch
+        self._delay = delay
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._last = 0  # items in the batch written last
@@ -40,8 +48,8 @@ class GroupCommit(Generic[T]):
     async def _run(self) -> None:
         while self._pending:
             await asyncio.sleep(0)  # let the callers that are ready now join this batch
-            if self._last > 1 and len(self._pending) < self._max:
-                await asyncio.sleep(COMMIT_DELAY)
+            if self._delay and self._last > 1 and len(self._pending) < self._max:
+                await asyncio.sleep(self._delay)
             batch, self._pending = self._pending[: self._max], self._pending[self._max :]
             self._last = len(batch)
             try:

@@ -42,7 +42,7 @@ from broker import model as m
 from broker.auth import Caller, Ownership, authorize
 from broker.errors import BrokerError, InvalidRequest, InvalidState, NotFound
 from broker.events import EventRecord, record, transition
-from broker.groupcommit import GroupCommit
+from broker.groupcommit import COMMIT_DELAY, GroupCommit
 from broker.model import utcnow
 from broker.runtime import Runtime
 from broker.service import networks, quotas
@@ -267,7 +267,9 @@ class _Launches:
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
-        self._commit: GroupCommit[_Ask] = GroupCommit(self._write, max_batch=100)
+        self._commit: GroupCommit[_Ask] = GroupCommit(
+            self._write, max_batch=100, delay=COMMIT_DELAY
+        )
 
     async def launch(self, caller: Caller, req: LaunchRequest) -> list[InstanceView]:
         ask = _Ask(caller, req)

@@ -54,7 +54,7 @@ async def test_callers_woken_together_come_back_into_one_batch() -> None:
     async def write(items: list[int]) -> None:
         write_on_the_loop(items)
 
-    commit: GroupCommit[int] = GroupCommit(write)
+    commit: GroupCommit[int] = GroupCommit(write, delay=groupcommit.COMMIT_DELAY)
 
     async def caller(i: int, start: float) -> None:
         await asyncio.sleep(start)
@@ -67,14 +67,13 @@ async def test_callers_woken_together_come_back_into_one_batch() -> None:
     assert max(len(b) for b in batches) == 8  # the two groups met in one batch
 
 
-async def test_a_lone_caller_never_waits_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(groupcommit, "COMMIT_DELAY", 3600.0)  # a wait would never end
+async def test_a_lone_caller_never_waits_for_company() -> None:
     batches: list[list[int]] = []
 
     async def write(items: list[int]) -> None:
         batches.append(items)
 
-    commit: GroupCommit[int] = GroupCommit(write)
+    commit: GroupCommit[int] = GroupCommit(write, delay=3600.0)  # a wait would never end
 
     async def one_by_one() -> None:
         for i in range(20):
