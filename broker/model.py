@@ -315,6 +315,10 @@ class Network(Base):
     state: Mapped[str] = mapped_column(String(16), default="available")  # available | down
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: where the search for a free address starts, as an offset from ``range_start`` (an IPv6
+    #: address does not fit a column): every address of the range below it is leased. NULL: not
+    #: known yet, the next allocation reads the leases once (see broker.service.networks)
+    free_from: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Lease(Base):

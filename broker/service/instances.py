@@ -343,9 +343,10 @@ class _Batch:
     ``limited`` holds the users and groups with quotas (None: not looked up, check each one);
     a launch by anyone else is admitted without counting (no limit applies, as
     :func:`broker.service.quotas.admit_instances` would find; :func:`_limited` has locked
-    their rows as it would). Instances without interfaces are
-    inserted together at the end, or before a launch whose quota must count them; those with
-    interfaces at once, since the next launch's address plan must see their leases.
+    their rows as it would). Instances are inserted together at the end, or before a launch
+    whose quota must count them (quotas count instances, not interfaces or leases); their
+    interfaces and leases after them at the end: ``leasing`` knows which addresses the
+    transaction took, so the next launch's address plan needs no rows to see them.
     """
 
     limited: frozenset[str] | None = None
@@ -355,7 +356,7 @@ class _Batch:
         default_factory=dict
     )
     checked: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
-    leased: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # per network
+    leasing: networks.Leasing = dataclasses.field(default_factory=networks.Leasing)
     tokens: dict[tuple[str, str], list[InstanceView]] = dataclasses.field(default_factory=dict)
     instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -370,6 +371,7 @@ class _Batch:
     async def flush(self, conn: AsyncConnection) -> None:
         if self.instances:
             await conn.execute(insert(m.Instance), self.instances)
+        await self.leasing.write(conn)  # interfaces and leases: after their instances
         if self.groups:
             await conn.execute(insert(m.InstanceSecurityGroup), self.groups)
         if self.tags:
@@ -452,7 +454,7 @@ async def _launch_in(
     reservation = ids.new_id("reservation")
     now = utcnow()
     rids = [ids.new_id("instance") for _ in range(count)]
-    nics = await networks.plan_interfaces(conn, caller, net, rids, req.private_ip, batch.leased)
+    nics = await networks.plan_interfaces(conn, caller, net, rids, req.private_ip, batch.leasing)
     state = (State.HOLD if req.hold else State.PENDING).value
     rows: list[dict[str, Any]] = [
         {
@@ -482,11 +484,7 @@ async def _launch_in(
         }
         for index, rid in enumerate(rids)
     ]
-    if nics.nics:
-        await conn.execute(insert(m.Instance), rows)
-        await networks.insert_interfaces(conn, nics)  # now: the next launch's plan sees them
-    else:
-        batch.instances.extend(rows)
+    batch.instances.extend(rows)
     batch.groups.extend({"instance_id": rid, "group_id": g} for rid in rids for g, _ in groups)
     batch.tags.extend(
         {

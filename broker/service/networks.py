@@ -3,6 +3,11 @@
 A network is bound to a host bridge and leases addresses from its range, lowest free first,
 or a fixed address a caller asks for. Leases are taken in the launch transaction and released
 when the instance is done, so an address is never given twice.
+
+A launch does not read every lease: ``networks.free_from`` says where free addresses may start
+(every address of the range below it is leased), allocation reads only windows of candidates
+from there up and moves it past what it takes, and releasing an address moves it back down. On
+PostgreSQL an allocation locks the network's row first, so transactions on one network take turns.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import socket
 from collections.abc import Sequence
 from typing import Final
 
-from sqlalchemy import bindparam, delete, insert, or_, select
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import ids
@@ -114,14 +119,139 @@ async def pick_network(
 
 
 def _as_int(ip: str) -> int:
-    """An address as a number; IPv4's dotted quads the fast way (a launch reads every lease)."""
+    """An address as a number; IPv4's dotted quads the fast way."""
     if ":" in ip:
         return int(ipaddress.ip_address(ip))
     return int.from_bytes(socket.inet_aton(ip), "big")
 
 
+def _as_text(n: int, version: int) -> str:
+    """An address as leases store it (``str(ipaddress.ip_address(...))``); IPv4 the fast way."""
+    if version == 4:
+        return socket.inet_ntoa(n.to_bytes(4, "big"))
+    return str(ipaddress.IPv6Address(n))
+
+
 def _range(net: NetworkView) -> tuple[int, int]:
     return int(ipaddress.ip_address(net.range_start)), int(ipaddress.ip_address(net.range_end))
+
+
+#: the least number of candidate addresses one look-up reads (or twice the addresses asked)
+WINDOW: Final = 16
+#: the most candidate addresses one look-up reads (windows double up to it while all are taken)
+MAX_WINDOW: Final = 1024
+
+_FREE_FROM: Final = select(m.Network.free_from).where(m.Network.id == bindparam("net"))
+#: FOR NO KEY UPDATE on PostgreSQL: allocations and releases on one network take turns, while
+#: the foreign keys of leases and interfaces inserted meanwhile (KEY SHARE) do not wait
+_LOCKED_FREE_FROM: Final = _FREE_FROM.with_for_update(key_share=True)
+_ALL_LEASES: Final = select(m.Lease.ip).where(m.Lease.network_id == bindparam("net"))
+_LEASED_AMONG: Final = select(m.Lease.ip).where(
+    m.Lease.network_id == bindparam("net"), m.Lease.ip.in_(bindparam("ips", expanding=True))
+)
+
+
+@dataclasses.dataclass(slots=True)
+class _Pool:
+    """One network's addresses as one transaction knows them (numbers, not text)."""
+
+    first: int
+    last: int
+    version: int
+    stored: int | None  # networks.free_from as read (an offset from first); None: NULL
+    free_from: int  # every address of the range below it is leased (or taken here)
+    used: set[int]  # addresses known to be leased: read, or taken in this transaction
+    known_to: int  # each address from free_from up to (not including) this is in used or free
+    complete: bool  # used holds every lease of the network (read them all)
+
+    def advance(self) -> None:
+        while self.free_from in self.used:
+            self.free_from += 1
+
+
+class Leasing:
+    """The address leases of one transaction, written together by :meth:`write`.
+
+    The first plan on a network locks its row (PostgreSQL) and reads ``free_from``; plans then
+    read only windows of candidates above it, and remember what they read and took, since
+    nothing else writes the network's leases until the transaction ends. A network whose
+    ``free_from`` is NULL (not known yet) has all its leases read once instead.
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[str, _Pool] = {}
+        self._nics: list[dict[str, object]] = []
+        self._leases: list[dict[str, object]] = []
+
+    async def pool(self, conn: AsyncConnection, net: NetworkView) -> _Pool:
+        found = self._pools.get(net.id)
+        if found is None:
+            found = self._pools[net.id] = await _load(conn, net)
+        return found
+
+    def add(self, plan: PlannedInterfaces) -> None:
+        self._nics.extend(plan.nics)
+        self._leases.extend(plan.leases)
+
+    async def write(self, conn: AsyncConnection) -> None:
+        """Insert the planned interfaces and leases (after their instances), then ``free_from``.
+
+        ``free_from`` is only set if it still holds what was read: if another writer changed it
+        meanwhile (another process on SQLite), its value stays, which is safe: this
+        transaction's leases only add to the addresses below it that are leased.
+        """
+        if self._nics:
+            await conn.execute(insert(m.NetworkInterface), self._nics)
+            await conn.execute(insert(m.Lease), self._leases)
+        for nid, pool in sorted(self._pools.items()):
+            offset = pool.free_from - pool.first
+            if offset == pool.stored:
+                continue
+            was = (
+                m.Network.free_from.is_(None)
+                if pool.stored is None
+                else m.Network.free_from == pool.stored
+            )
+            await conn.execute(
+                update(m.Network).where(m.Network.id == nid, was).values(free_from=offset)
+            )
+        self._pools.clear()
+        self._nics.clear()
+        self._leases.clear()
+
+
+async def _load(conn: AsyncConnection, net: NetworkView) -> _Pool:
+    """``net``'s row locked (SQLite has one writer, its lock) and what is known of its leases."""
+    first, last = _range(net)
+    version = ipaddress.ip_address(net.range_start).version
+    stmt = _FREE_FROM if conn.dialect.name == "sqlite" else _LOCKED_FREE_FROM
+    stored = await conn.scalar(stmt, {"net": net.id})
+    if stored is None:
+        used = {_as_int(ip) for ip in await conn.scalars(_ALL_LEASES, {"net": net.id})}
+        pool = _Pool(first, last, version, None, first, used, last + 1, True)
+        pool.advance()
+        return pool
+    start = first + max(stored, 0)
+    return _Pool(first, last, version, stored, start, set(), start, False)
+
+
+async def _lowest_free(conn: AsyncConnection, nid: str, pool: _Pool, count: int) -> list[int]:
+    """Up to ``count`` free addresses of the range, lowest first, reading windows as needed."""
+    chosen: list[int] = []
+    candidate = pool.free_from
+    window = max(WINDOW, 2 * count)
+    while len(chosen) < count and candidate <= pool.last:
+        if candidate >= pool.known_to:
+            end = min(pool.last + 1, candidate + window)
+            ips = [_as_text(n, pool.version) for n in range(candidate, end)]
+            found = await conn.scalars(_LEASED_AMONG, {"net": nid, "ips": ips})
+            pool.used.update(_as_int(ip) for ip in found)
+            pool.known_to = end
+            window = min(2 * window, MAX_WINDOW)
+        if candidate not in pool.used:
+            chosen.append(candidate)
+        candidate += 1
+    return chosen
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -139,12 +269,12 @@ async def plan_interfaces(
     net: NetworkView | None,
     rids: Sequence[str],
     fixed_ip: str | None,
-    leased: dict[str, set[int]] | None = None,
+    leasing: Leasing,
 ) -> PlannedInterfaces:
     """An interface and a lease on ``net`` for each instance (lowest free addresses first).
 
-    ``leased`` carries the addresses in use per network between launches of one transaction:
-    read once, then kept up to date with what each plan takes.
+    What it plans joins ``leasing``, which writes it (after the instances); a plan that raises
+    takes nothing, so the launches after it in the transaction go on as if it never came.
     """
     if net is None or not rids:
         return PlannedInterfaces([], [], {})
@@ -152,13 +282,7 @@ async def plan_interfaces(
         raise InvalidRequest(
             "a private address can be given to one instance only", field="PrivateIpAddress"
         )
-    first, last = _range(net)
-    used = None if leased is None else leased.get(net.id)
-    if used is None:
-        rows = await conn.scalars(select(m.Lease.ip).where(m.Lease.network_id == net.id))
-        used = {_as_int(ip) for ip in rows.all()}
-        if leased is not None:
-            leased[net.id] = used
+    pool = await leasing.pool(conn, net)
     chosen: list[int] = []
     if fixed_ip is not None:
         try:
@@ -169,25 +293,27 @@ async def plan_interfaces(
             ) from None
         if ipaddress.ip_address(fixed_ip) not in ipaddress.ip_network(net.cidr):
             raise InvalidRequest(f"{fixed_ip} is not in {net.cidr}", field="PrivateIpAddress")
-        if want in used:
+        if want not in pool.used and not pool.complete:
+            ips = [_as_text(want, pool.version)]
+            if await conn.scalar(_LEASED_AMONG, {"net": net.id, "ips": ips}) is not None:
+                pool.used.add(want)
+        if want in pool.used:
             raise InvalidRequest(f"the address {fixed_ip} is in use", field="PrivateIpAddress")
         chosen.append(want)
     else:
-        candidate = first
-        while len(chosen) < len(rids) and candidate <= last:
-            if candidate not in used:
-                chosen.append(candidate)
-            candidate += 1
+        chosen = await _lowest_free(conn, net.id, pool, len(rids))
         if len(chosen) < len(rids):
             raise InvalidRequest(
                 f"the network '{net.id}' has no free addresses left",
                 resource="network",
                 field="InsufficientFreeAddresses",
             )
-    used.update(chosen)
+        pool.free_from = chosen[-1] + 1  # the ones skipped on the way are leased
+    pool.used.update(chosen)
+    pool.advance()
     plan = PlannedInterfaces([], [], {})
     for rid, ip_int in zip(rids, chosen, strict=True):
-        ip, mac, nic = str(ipaddress.ip_address(ip_int)), new_mac(), ids.new_id("interface")
+        ip, mac, nic = _as_text(ip_int, pool.version), new_mac(), ids.new_id("interface")
         plan.nics.append(
             {
                 "id": nic,
@@ -201,22 +327,48 @@ async def plan_interfaces(
         )
         plan.leases.append({"network_id": net.id, "ip": ip, "mac": mac, "interface_id": nic})
         plan.addresses[rid] = ip
+    leasing.add(plan)
     return plan
 
 
-async def insert_interfaces(conn: AsyncConnection, plan: PlannedInterfaces) -> None:
-    """Write what :func:`plan_interfaces` worked out (after the instances exist)."""
-    if plan.nics:
-        await conn.execute(insert(m.NetworkInterface), plan.nics)
-        await conn.execute(insert(m.Lease), plan.leases)
+_LOWER_FREE_FROM: Final = (
+    update(m.Network)
+    .where(m.Network.id == bindparam("net"), m.Network.free_from > bindparam("offset"))
+    .values(free_from=bindparam("offset"))
+)
 
 
 async def release_interfaces(conn: AsyncConnection, rids: Sequence[str]) -> None:
+    """Delete the instances' interfaces and (unless fixed) leases; lower each ``free_from``.
+
+    A network's ``free_from`` goes down to its lowest address released in the range, so the
+    next allocation gives that one first.
+    """
     nic_ids = select(m.NetworkInterface.id).where(m.NetworkInterface.instance_id.in_(rids))
-    await conn.execute(
-        delete(m.Lease).where(m.Lease.interface_id.in_(nic_ids), m.Lease.fixed.is_(False))
+    freed = await conn.execute(
+        delete(m.Lease)
+        .where(m.Lease.interface_id.in_(nic_ids), m.Lease.fixed.is_(False))
+        .returning(m.Lease.network_id, m.Lease.ip)
     )
+    released: dict[str, list[int]] = {}
+    for nid, ip in freed.all():
+        released.setdefault(nid, []).append(_as_int(ip))
     await conn.execute(delete(m.NetworkInterface).where(m.NetworkInterface.instance_id.in_(rids)))
+    if not released:
+        return
+    ranges = await conn.execute(
+        select(m.Network.id, m.Network.range_start, m.Network.range_end).where(
+            m.Network.id.in_(sorted(released))
+        )
+    )
+    lower: list[dict[str, object]] = []
+    for nid, start, end in ranges.all():
+        first, last = int(ipaddress.ip_address(start)), int(ipaddress.ip_address(end))
+        inside = [n for n in released[nid] if first <= n <= last]
+        if inside:
+            lower.append({"net": nid, "offset": min(inside) - first})
+    for values in sorted(lower, key=lambda v: str(v["net"])):  # one lock order for all
+        await conn.execute(_LOWER_FREE_FROM, values)
 
 
 async def create(
@@ -264,6 +416,7 @@ async def create(
                 range_end=str(end),
                 zone=zone,
                 is_default=is_default,
+                free_from=0,  # nothing leased yet
             )
         )
         await record(conn, [audit(nid, caller.name, "network created", name=name, cidr=str(net))])
@@ -277,7 +430,6 @@ async def describe(rt: Runtime, caller: Caller, ids_: Sequence[str] = ()) -> lis
         stmt = stmt.where(m.Network.id.in_(ids_))
     async with rt.engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
-        counts: dict[str, int] = {}
-        for (nid,) in await conn.execute(select(m.Lease.network_id)):
-            counts[nid] = counts.get(nid, 0) + 1
+        leased = select(m.Lease.network_id, func.count()).group_by(m.Lease.network_id)
+        counts: dict[str, int] = {nid: n for nid, n in await conn.execute(leased)}
     return [dataclasses.replace(NetworkView(*r), leased=counts.get(r[0], 0)) for r in rows]
