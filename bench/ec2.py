@@ -2,7 +2,9 @@
 
 Both servers run on this machine in their own processes and get the same requests in one run:
 
-- ``run_one``: RunInstances of one instance;
+- ``run_one``: RunInstances of one instance, from ``--run-workers`` clients (16) at once: many
+  users launching together, as a throughput figure needs (with two clients, each waiting for
+  its answer, it measures one launch's latency instead; moto's rate is the same either way);
 - ``describe_all``: DescribeInstances of all 1,000 instances (``MaxResults=1000``, one page);
 - ``describe_one``: DescribeInstances of one instance id with 1,000 present.
 
@@ -351,7 +353,8 @@ def measure(
     with spied("describe_one"):
         out["describe_one"] = load(port, one_req, args.workers, args.seconds)
     with spied("run_one"):
-        out["run_one"] = load(port, raw({"Action": "RunInstances", **launch}), args.workers, 2)
+        run_req = raw({"Action": "RunInstances", **launch})
+        out["run_one"] = load(port, run_req, args.run_workers, args.run_seconds)
     out["boto3_ms"] = {
         "describe_one": boto3_ms(lambda: ec2.describe_instances(InstanceIds=[one_id]), 30),
         "describe_all": boto3_ms(lambda: ec2.describe_instances(MaxResults=1000), 3),
@@ -406,6 +409,10 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument(
+        "--run-workers", type=int, default=16, help="client processes sending RunInstances"
+    )
+    parser.add_argument("--run-seconds", type=float, default=3.0)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     args = parser.parse_args()
     results: dict[str, Any] = {}
@@ -468,6 +475,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "loadavg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "workers": args.workers,
+        "run_workers": args.run_workers,
         "instances": args.instances,
         "rps": {
             "cloudbroker": {op: ours_r[op]["rps"] for op in speedup},
