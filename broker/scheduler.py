@@ -20,9 +20,9 @@ import functools
 import itertools
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import metrics
@@ -44,7 +44,7 @@ from broker.runtime import Runtime
 from broker.service import quotas
 from broker.service.instances import release
 from broker.snapshots import pending_requests, snapshot_targets
-from broker.specs import launch_specs
+from broker.specs import SPEC_COLUMNS, specs_from_rows
 from broker.states import Action, State, can_move
 from broker.volumework import VolumeWorker
 
@@ -66,6 +66,85 @@ LAUNCH_TIMEOUT = 300.0
 ACTION_TIMEOUT = 180.0
 WAKE_GAP = 0.05  # seconds at least from one woken cycle's start to the next
 BUDGET_SAMPLE = 20  # waiting decisions explained per cycle to notice a burst budget reached
+
+
+# what a cycle runs, built once (building a statement costs more than running it for a cycle's
+# few instances)
+_POLICY: Final = (
+    select(m.PolicyVersion.id, m.PolicyVersion.document)
+    .order_by(m.PolicyVersion.id.desc())
+    .limit(1)
+)
+_PLACE: Final = (
+    update(m.Instance)
+    .where(m.Instance.id == bindparam("b_id"), m.Instance.state == State.PENDING.value)
+    .values(
+        state=State.PROLOG.value,
+        target_id=bindparam("b_target"),
+        intent=Action.LAUNCH.value,
+        intent_at=bindparam("b_intent_at"),
+        updated_at=bindparam("b_updated_at"),
+        state_reason="",
+        explanation=bindparam("b_expl"),
+    )
+)
+_WAIT: Final = (
+    update(m.Instance)
+    .where(m.Instance.id == bindparam("b_id"), m.Instance.state == State.PENDING.value)
+    .values(state_reason=bindparam("b_reason"), explanation=bindparam("b_expl"))
+)
+#: every intent to carry out, oldest first, with what a launch's spec needs of its instance,
+#: image and target in the same read (:data:`broker.specs.SPEC_COLUMNS`, then :class:`Work`'s
+#: own columns, then whether the image is there)
+_DISPATCH: Final = (
+    select(
+        *SPEC_COLUMNS,
+        m.Instance.intent,
+        m.Instance.intent_at,
+        m.Instance.state,
+        m.Instance.backend_ref,
+        m.Instance.attempts,
+        m.Instance.intent_target,
+        m.Image.id,
+    )
+    .join(m.Target, m.Target.id == m.Instance.target_id)
+    .outerjoin(m.Image, m.Image.id == m.Instance.image_id)
+    # every intent by name, not "is not null": SQLite then reads the intent index instead of
+    # scanning every instance
+    .where(m.Instance.intent.in_([a.value for a in Action]), m.Target.state != "error")
+    .order_by(m.Instance.intent_at)
+    .limit(bindparam("b_limit"))
+)
+_SPEC_WIDTH: Final = len(SPEC_COLUMNS)
+_STILL_LAUNCHING: Final = (
+    select(m.Instance.id)
+    .where(
+        m.Instance.id.in_(bindparam("b_ids", expanding=True)),
+        m.Instance.intent == Action.LAUNCH.value,
+    )
+    .with_for_update()
+)
+_IS_LAUNCHING = m.Instance.intent == Action.LAUNCH.value
+#: a finished launch: the reference always (even when the user asked for something else
+#: meanwhile: that is what a terminate needs to find the instance on its target), the new
+#: state only while the launch is still the intent
+_LAUNCHED: Final = (
+    update(m.Instance)
+    .where(m.Instance.id == bindparam("b_id"))
+    .values(
+        backend_ref=bindparam("b_ref"),
+        public_ip=bindparam("b_ip"),
+        launched_at=bindparam("b_launched_at"),
+        updated_at=bindparam("b_updated_at"),
+        attempts=0,
+        state=case(
+            (_IS_LAUNCHING, bindparam("b_state", type_=m.Instance.state.type)),
+            else_=m.Instance.state,
+        ),
+        state_reason=case((_IS_LAUNCHING, ""), else_=m.Instance.state_reason),
+        intent=case((_IS_LAUNCHING, None), else_=m.Instance.intent),
+    )
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,6 +216,7 @@ class Scheduler:
             targets = await snapshot_targets(conn)
         decisions = self.policy.place(requests, targets)
         now = utcnow()
+        at = now.isoformat()
         placed = [d for d in decisions if d.target_id is not None]
         waiting = [d for d in decisions if d.target_id is None]
         budget: list[EventRecord] = []
@@ -156,19 +236,15 @@ class Scheduler:
                 waiting += [Decision(i, None, "waits: " + why) for i, why in refused.items()]
             if placed:
                 await conn.execute(
-                    update(m.Instance)
-                    .where(m.Instance.id == bindparam("b_id"), m.Instance.state == "pending")
-                    .values(
-                        state=State.PROLOG.value,
-                        target_id=bindparam("b_target"),
-                        intent=Action.LAUNCH.value,
-                        intent_at=now,
-                        updated_at=now,
-                        state_reason="",
-                        explanation=bindparam("b_expl"),
-                    ),
+                    _PLACE,
                     [
-                        {"b_id": d.instance_id, "b_target": d.target_id, "b_expl": _explain(d)}
+                        {
+                            "b_id": d.instance_id,
+                            "b_target": d.target_id,
+                            "b_intent_at": now,
+                            "b_updated_at": now,
+                            "b_expl": _explain(d, at),
+                        }
                         for d in placed
                     ],
                 )
@@ -188,11 +264,13 @@ class Scheduler:
                 )
             if waiting:
                 await conn.execute(
-                    update(m.Instance)
-                    .where(m.Instance.id == bindparam("b_id"), m.Instance.state == "pending")
-                    .values(state_reason=bindparam("b_reason"), explanation=bindparam("b_expl")),
+                    _WAIT,
                     [
-                        {"b_id": d.instance_id, "b_reason": d.reason[:500], "b_expl": _explain(d)}
+                        {
+                            "b_id": d.instance_id,
+                            "b_reason": d.reason[:500],
+                            "b_expl": _explain(d, at),
+                        }
                         for d in waiting
                     ],
                 )
@@ -202,13 +280,7 @@ class Scheduler:
         """Use the newest stored policy: changes take effect without a restart."""
         if self.factory is None:
             return
-        row = (
-            await conn.execute(
-                select(m.PolicyVersion.id, m.PolicyVersion.document)
-                .order_by(m.PolicyVersion.id.desc())
-                .limit(1)
-            )
-        ).first()
+        row = (await conn.execute(_POLICY)).first()
         if row is None or row[0] == self.policy_version:
             return
         self.policy = self.factory.from_document(row[1])
@@ -218,41 +290,27 @@ class Scheduler:
     # --- dispatch ---------------------------------------------------------------------------
 
     async def dispatch(self) -> None:
-        stmt = (
-            select(
-                m.Instance.id,
-                m.Instance.intent,
-                m.Instance.intent_at,
-                m.Instance.state,
-                m.Instance.target_id,
-                m.Instance.backend_ref,
-                m.Instance.attempts,
-                m.Instance.intent_target,
-            )
-            .join(m.Target, m.Target.id == m.Instance.target_id)
-            .where(m.Instance.intent.is_not(None), m.Target.state != "error")
-            .order_by(m.Instance.intent_at)
-            .limit(self.cfg.batch + len(self._inflight))
-        )
+        """Start every intent not in flight yet; one read gives both the work and what the
+        launches among it need for their specs (only the spec's other tables are read after)."""
+        limit = self.cfg.batch + len(self._inflight)
+        w = _SPEC_WIDTH
         async with self.rt.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        self._backlog = len(rows) >= self.cfg.batch + len(self._inflight)
-        fresh = [r for r in rows if r[0] not in self._inflight]
-        launching = [r[0] for r in fresh if r[1] == Action.LAUNCH.value]
-        specs = {}
-        if launching:
-            async with self.rt.engine.connect() as conn:
-                specs = await launch_specs(conn, launching, self.policy.target_settings)
+            rows = (await conn.execute(_DISPATCH, {"b_limit": limit})).all()
+            self._backlog = len(rows) >= limit
+            fresh = [r for r in rows if r[0] not in self._inflight]
+            # a launch whose image is gone gets no spec, and fails as one no longer placed
+            launching = [r for r in fresh if r[w] == Action.LAUNCH.value and r[w + 6] is not None]
+            specs = await specs_from_rows(conn, launching, self.policy.target_settings)
         for row in fresh:
             work = Work(
                 row[0],
-                Action(str(row[1])),
-                row[2],
-                State(row[3]),
-                str(row[4]),
-                row[5],
-                row[6],
-                row[7],
+                Action(str(row[w])),
+                row[w + 1],
+                State(row[w + 2]),
+                str(row[1]),
+                row[w + 3],
+                row[w + 4],
+                row[w + 5],
             )
             task = asyncio.create_task(self._carry_out(work, specs.get(work.instance_id)))
             self._inflight[work.instance_id] = task
@@ -292,59 +350,41 @@ class Scheduler:
     async def _write_launched(self, done: list[tuple[Work, Placement]]) -> None:
         """Record a batch of finished launches in one transaction (see GroupCommit)."""
         now = utcnow()
-        rids = [w.instance_id for w, _ in done]
         async with self.rt.engine.begin() as conn:
             still = set(
                 (
                     await conn.scalars(
-                        select(m.Instance.id)
-                        .where(m.Instance.id.in_(rids), m.Instance.intent == Action.LAUNCH.value)
-                        .with_for_update()
+                        _STILL_LAUNCHING, {"b_ids": [w.instance_id for w, _ in done]}
                     )
                 ).all()
             )
-            # the reference is kept even when the user asked for something else meanwhile:
-            # that is what a terminate needs to find the instance on its target
-            await conn.execute(
-                update(m.Instance)
-                .where(m.Instance.id == bindparam("b_id"))
-                .values(
-                    backend_ref=bindparam("b_ref"),
-                    public_ip=bindparam("b_ip"),
-                    launched_at=now,
-                    updated_at=now,
-                    attempts=0,
-                ),
-                [{"b_id": w.instance_id, "b_ref": p.ref, "b_ip": p.public_ip} for w, p in done],
-            )
-            moved = []
+            rows = []
+            events = []
             for w, p in done:
-                if w.instance_id in still:
-                    new = p.state if can_move(State.PROLOG, p.state) else State.BOOT
-                    moved.append((w, p, new))
-            if moved:
-                await conn.execute(
-                    update(m.Instance)
-                    .where(
-                        m.Instance.id == bindparam("b_id"), m.Instance.intent == Action.LAUNCH.value
-                    )
-                    .values(state=bindparam("b_state"), intent=None, state_reason=""),
-                    [{"b_id": w.instance_id, "b_state": new.value} for w, _, new in moved],
+                new = p.state if can_move(State.PROLOG, p.state) else State.BOOT
+                rows.append(
+                    {
+                        "b_id": w.instance_id,
+                        "b_ref": p.ref,
+                        "b_ip": p.public_ip,
+                        "b_launched_at": now,
+                        "b_updated_at": now,
+                        "b_state": new.value,
+                    }
                 )
-            await record(
-                conn,
-                [
-                    transition(
-                        w.instance_id,
-                        State.PROLOG.value,
-                        new.value,
-                        "scheduler",
-                        "launched",
-                        ref=p.ref,
+                if w.instance_id in still:
+                    events.append(
+                        transition(
+                            w.instance_id,
+                            State.PROLOG.value,
+                            new.value,
+                            "scheduler",
+                            "launched",
+                            ref=p.ref,
+                        )
                     )
-                    for w, p, new in moved
-                ],
-            )
+            await conn.execute(_LAUNCHED, rows)
+            await record(conn, events)
 
     async def _act(self, work: Work) -> None:
         if work.backend_ref is None:
@@ -501,8 +541,9 @@ def _result(intent: Action, seen: Observed | None) -> State:
 EXPLAIN_TARGETS = 50
 
 
-def _explain(d: Decision) -> dict[str, Any]:
-    """What is kept of a decision: the reason and the first targets considered (bounded)."""
+def _explain(d: Decision, at: str) -> dict[str, Any]:
+    """What is kept of a decision (made at ``at``): the reason and the first targets
+    considered (bounded)."""
     considered = dict(itertools.islice(d.considered.items(), EXPLAIN_TARGETS))
     more = len(d.considered) - len(considered)
     if more > 0:
@@ -511,7 +552,7 @@ def _explain(d: Decision) -> dict[str, Any]:
         "target": d.target_id,
         "reason": d.reason,
         "considered": considered,
-        "at": utcnow().isoformat(),
+        "at": at,
     }
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 from typing import Any, Final
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from broker import model as m
@@ -76,6 +76,7 @@ _TARGETS: Final = (
 
 
 async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
+    rows = (await conn.execute(_TARGETS)).all()
     held = {
         tid: (cpu or 0, mem or 0, disk or 0, n)
         for tid, cpu, mem, disk, n in await conn.execute(_HELD_BY_TARGET)
@@ -84,9 +85,9 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
         tid: (load, free_disk) for tid, load, free_disk in await conn.execute(_LATEST_SAMPLES)
     }
     by_flavor: dict[str, dict[str, int]] = {}
-    for tid, flavor, n in await conn.execute(_HELD_BY_FLAVOR):
-        by_flavor.setdefault(str(tid), {})[flavor] = n
-    rows = await conn.execute(_TARGETS)
+    if any(r[2] != "host" for r in rows):  # only burst targets count their flavors
+        for tid, flavor, n in await conn.execute(_HELD_BY_FLAVOR):
+            by_flavor.setdefault(str(tid), {})[flavor] = n
     out = []
     for (
         tid,
@@ -155,6 +156,30 @@ async def snapshot_targets(conn: AsyncConnection) -> list[TargetSnapshot]:
     return out
 
 
+_PENDING: Final = (
+    select(
+        m.Instance.id,
+        m.Instance.owner_id,
+        m.Instance.group_id,
+        m.Instance.vcpus,
+        m.Instance.memory_mb,
+        m.Instance.disk_gb,
+        m.Instance.flavor,
+        m.Instance.image_id,
+        m.Image.hypervisor,
+        m.Image.arch,
+        m.Instance.zone,
+        m.Instance.requirements,
+        m.Instance.rank,
+        m.Instance.hops,
+        m.Image.mappings,
+        m.Instance.created_at,
+    )
+    .join(m.Image, m.Image.id == m.Instance.image_id)
+    .where(m.Instance.state == State.PENDING.value)
+    .order_by(m.Instance.created_at, m.Instance.id)
+    .limit(bindparam("b_batch"))
+)
 _REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(PlacementRequest))[:14]
 
 
@@ -162,32 +187,8 @@ async def pending_requests(
     conn: AsyncConnection, batch: int, now: dt.datetime
 ) -> list[PlacementRequest]:
     """The oldest ``batch`` pending instances, as placement sees them."""
-    stmt = (
-        select(
-            m.Instance.id,
-            m.Instance.owner_id,
-            m.Instance.group_id,
-            m.Instance.vcpus,
-            m.Instance.memory_mb,
-            m.Instance.disk_gb,
-            m.Instance.flavor,
-            m.Instance.image_id,
-            m.Image.hypervisor,
-            m.Image.arch,
-            m.Instance.zone,
-            m.Instance.requirements,
-            m.Instance.rank,
-            m.Instance.hops,
-            m.Image.mappings,
-            m.Instance.created_at,
-        )
-        .join(m.Image, m.Image.id == m.Instance.image_id)
-        .where(m.Instance.state == State.PENDING.value)
-        .order_by(m.Instance.created_at, m.Instance.id)
-        .limit(batch)
-    )
     out = []
-    for row in await conn.execute(stmt):
+    for row in await conn.execute(_PENDING, {"b_batch": batch}):
         mappings = {str(k): str(v) for k, v in (row[14] or {}).items()}
         age = max(0.0, (now - row[15]).total_seconds())
         fields: dict[str, Any] = dict(zip(_REQUEST_FIELDS, row[:14], strict=True))

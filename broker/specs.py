@@ -1,7 +1,9 @@
 """Launch specs for a whole batch of instances: one query per table, not per instance.
 
 The scheduler hands backends immutable :class:`LaunchSpec` values; building them for a batch
-of a thousand launches must not cost thousands of round trips to the database.
+of a thousand launches must not cost thousands of round trips to the database. The instance,
+image and target columns (:data:`SPEC_COLUMNS`) can be read by the caller's own statement (the
+scheduler's dispatch read does), and :func:`specs_from_rows` reads only the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from sqlalchemy.sql.elements import BindParameter
 from broker import model as m
 from broker.protocols import LaunchSpec, NicSpec
 
-_MAIN = (
+#: what a spec needs of the instance, its image and its target, in the order
+#: :func:`specs_from_rows` takes them (a caller may read them with its own columns)
+SPEC_COLUMNS: Final = (
     m.Instance.id,
     m.Instance.target_id,
     m.Instance.hostname,
@@ -44,7 +48,7 @@ _MAIN = (
 _RIDS: Final[BindParameter[Any]] = bindparam("rids", expanding=True)
 # built once: building a statement costs more than running it for a cycle's few instances
 _SPECS: Final = (
-    select(*_MAIN)
+    select(*SPEC_COLUMNS)
     .join(m.Image, m.Image.id == m.Instance.image_id)
     .join(m.Target, m.Target.id == m.Instance.target_id)
     .where(m.Instance.id.in_(_RIDS))
@@ -79,6 +83,19 @@ async def launch_specs(
     if not rids:
         return {}
     rows = (await conn.execute(_SPECS, {"rids": list(rids)})).all()
+    return await specs_from_rows(conn, rows, policy_settings)
+
+
+async def specs_from_rows(
+    conn: AsyncConnection,
+    rows: Sequence[Sequence[Any]],
+    policy_settings: Callable[[str], Mapping[str, Any]],
+) -> dict[str, LaunchSpec]:
+    """Specs of instances whose :data:`SPEC_COLUMNS` were read already (one row each, those
+    columns in that order); reads their key pairs, interfaces, groups and tags."""
+    if not rows:
+        return {}
+    rids = {"rids": [r[0] for r in rows]}
     wanted_keys = {(r[17], r[16]) for r in rows if r[16]}
     keys: dict[tuple[str, str], str] = {}
     if wanted_keys:
@@ -89,20 +106,25 @@ async def launch_specs(
         ):
             keys[(owner, name)] = public
     nics: dict[str, list[NicSpec]] = {}
-    nic_rows = await conn.execute(_NICS, {"rids": list(rids)})
-    for rid, mac, ip, net, bridge, cidr, gateway, dns in nic_rows:
+    for rid, mac, ip, net, bridge, cidr, gateway, dns in await conn.execute(_NICS, rids):
         nics.setdefault(str(rid), []).append(NicSpec(mac, ip, net, bridge, cidr, gateway, dns))
     groups: dict[str, list[str]] = {}
-    for rid, gid in await conn.execute(_GROUPS, {"rids": list(rids)}):
+    for rid, gid in await conn.execute(_GROUPS, rids):
         groups.setdefault(rid, []).append(gid)
     tags: dict[str, dict[str, str]] = {}
-    for rid, key, value in await conn.execute(_TAGS, {"rids": list(rids)}):
+    for rid, key, value in await conn.execute(_TAGS, rids):
         tags.setdefault(rid, {})[key] = value
+    by_target: dict[str, Mapping[str, Any]] = {}  # the policy's maps, asked once a target
     out = {}
     for r in rows:
         rid = r[0]
-        # the target's own settings win over the policy's maps for it
-        settings = {**policy_settings(r[20]), **(r[18] or {})}
+        name, own = r[20], r[18]
+        policy = by_target.get(name)
+        if policy is None:
+            policy = by_target[name] = policy_settings(name)
+        # the target's own settings win over the policy's maps for it (a copy each: a spec
+        # shares nothing another spec could change)
+        settings = {**policy, **own} if own else dict(policy)
         out[rid] = LaunchSpec(
             instance_id=rid,
             target_id=r[1],
