@@ -61,6 +61,29 @@ def in_thread(start: Start, name: str, timeout: float = 60) -> Iterator[dict[str
             raise failure[0]
 
 
+def use_backend(rt: Runtime, backend: type[Any] = FakeBackend) -> None:
+    """Every target of ``rt`` runs on ``backend`` (a test double), whatever its driver says."""
+    rt.backends = BackendRegistry(
+        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: backend
+    )
+
+
+async def add_fake_host(
+    rt: Runtime, name: str = "h1", cluster: str = "cloudbroker-1a", **settings: Any
+) -> targets.TargetView:
+    """A host ``name`` with ``settings`` (cpu, memory_mb, ...) for :func:`use_backend`'s double."""
+    return await targets.add(
+        rt,
+        SYSTEM,
+        name=name,
+        kind="host",
+        driver="fake",
+        hypervisor="kvm",
+        cluster=cluster,
+        settings=settings,
+    )
+
+
 async def fake_cloud(
     tmp: Path,
     region: str,
@@ -80,20 +103,9 @@ async def fake_cloud(
         env={},
     )
     rt = await open_runtime(cfg, migrate=True)
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: FakeBackend
-    )  # type: ignore[arg-type,return-value]
+    use_backend(rt)
     for name, (cpu, memory_mb) in hosts.items():
-        await targets.add(
-            rt,
-            SYSTEM,
-            name=name,
-            kind="host",
-            driver="fake",
-            hypervisor="kvm",
-            cluster=zone,
-            settings={"cpu": cpu, "memory_mb": memory_mb},
-        )
+        await add_fake_host(rt, name, zone, cpu=cpu, memory_mb=memory_mb)
     for name, kind in others:
         await targets.add(rt, SYSTEM, name=name, kind=kind, driver="fake")
     await Monitor(rt).cycle()

@@ -21,17 +21,17 @@ from sqlalchemy import event, select
 from broker import model as m
 from broker.auth import SYSTEM, Caller
 from broker.monitor import Monitor
-from broker.plugins import BackendRegistry
 from broker.protocols import LaunchSpec, Placement
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler, Work
-from broker.service import images, instances, keypairs, networks, security_groups, targets
+from broker.service import images, instances, keypairs, networks, security_groups
 from broker.service.instances import LaunchRequest
 from broker.specs import launch_specs
 from broker.states import Action, State
 from policies.placement import DefaultPolicy
 from tests.conftest import make_user
 from tests.fakes import FakeBackend
+from tests.harness import add_fake_host, use_backend
 
 
 class RecordingBackend(FakeBackend):
@@ -64,20 +64,10 @@ def statements(rt: Runtime) -> Iterator[list[str]]:
 async def world(rt: Runtime) -> AsyncIterator[tuple[Runtime, Caller, str]]:
     """A live fake host, a public image and a user: (runtime, user, image id)."""
     RecordingBackend.specs = {}
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: RecordingBackend
-    )  # type: ignore[arg-type,return-value]
-    view = await targets.add(
-        rt,
-        SYSTEM,
-        name="h1",
-        kind="host",
-        driver="fake",
-        hypervisor="kvm",
-        cluster="cloudbroker-1a",
-        settings={"cpu": 256, "memory_mb": 262144, "console": "serial"},
-    )
+    use_backend(rt, RecordingBackend)
+    view = await add_fake_host(rt, cpu=256, memory_mb=262144, console="serial")
     await Monitor(rt).cycle()
+    assert rt.backends is not None
     await rt.backends.get(view.id)
     img = await images.register(
         rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")

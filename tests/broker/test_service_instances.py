@@ -11,7 +11,6 @@ from broker import model as m
 from broker.auth import SYSTEM
 from broker.errors import InvalidRequest, InvalidState, NotFound
 from broker.monitor import Monitor
-from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
 from broker.service import images, instances, targets
@@ -20,23 +19,13 @@ from broker.states import Action, State
 from policies.placement import DefaultPolicy
 from tests.conftest import Tenants
 from tests.fakes import FakeBackend
+from tests.harness import add_fake_host, use_backend
 
 
 async def setup_world(rt: Runtime, cpu: int = 8) -> str:
     assert rt.backends is not None
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: FakeBackend
-    )  # type: ignore[arg-type,return-value]
-    await targets.add(
-        rt,
-        SYSTEM,
-        name="h1",
-        kind="host",
-        driver="fake",
-        hypervisor="kvm",
-        cluster="cloudbroker-1a",
-        settings={"cpu": cpu},
-    )
+    use_backend(rt)
+    await add_fake_host(rt, cpu=cpu)
     await Monitor(rt).cycle()
     img = await images.register(
         rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")

@@ -27,19 +27,17 @@ from broker import model as m
 from broker.auth import SYSTEM
 from broker.client import AdminClient
 from broker.monitor import Monitor
-from broker.plugins import BackendRegistry
 from broker.runtime import Runtime
-from broker.service import images, instances, networks, targets, users
+from broker.service import images, instances, networks, users
 from broker.service.instances import LaunchRequest
 from broker.states import State
 from frontends.ec2.app import create_app as ec2_app
 from tests.broker.test_serve import Server as Serve
 from tests.broker.test_serve import cli, cli_json, server  # noqa: F401  (a real serve)
 from tests.conftest import make_user
-from tests.fakes import FakeBackend
 from tests.frontends.admin.conftest import admin_api, call
 from tests.frontends.ec2.conftest import REGION, ZONE, Server, Tenant, client, new_tenant
-from tests.harness import fake_cloud, in_thread, listen, running_loops
+from tests.harness import add_fake_host, fake_cloud, in_thread, listen, running_loops, use_backend
 
 REQUIREMENTS_TAG = "cloudbroker:requirements"
 RANK_TAG = "cloudbroker:rank"
@@ -187,19 +185,8 @@ OPEN = {"placement": {"preset": "striping", "rank": "FREE_CPU"}}
 
 async def host_and_pending(rt: Runtime) -> tuple[str, str]:
     """A fake host h1 and one pending instance of alice's; returns (host id, instance id)."""
-    rt.backends = BackendRegistry(
-        rt.engine, rt.box.open, str(rt.config.data_path), loader=lambda _d: FakeBackend
-    )  # type: ignore[arg-type,return-value]
-    host = await targets.add(
-        rt,
-        SYSTEM,
-        name="h1",
-        kind="host",
-        driver="fake",
-        hypervisor="kvm",
-        cluster="cloudbroker-1a",
-        settings={"cpu": 8},
-    )
+    use_backend(rt)
+    host = await add_fake_host(rt, cpu=8)
     await Monitor(rt).cycle()
     img = await images.register(
         rt, SYSTEM, images.ImageSpec(name="tiny", kind="kernel", kernel="/k", visibility="public")
