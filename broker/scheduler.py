@@ -344,7 +344,8 @@ class Scheduler:
         if spec is None:
             raise BrokerError("the instance is no longer placed on a target")
         backend = await self.rt.backends.get(work.target_id)
-        placement = await asyncio.wait_for(backend.launch(spec), LAUNCH_TIMEOUT)
+        async with asyncio.timeout(LAUNCH_TIMEOUT):  # in this task: no task of its own
+            placement = await backend.launch(spec)
         await self._launched.submit((work, placement))
 
     async def _write_launched(self, done: list[tuple[Work, Placement]]) -> None:
@@ -397,7 +398,8 @@ class Scheduler:
         if work.intent is Action.MIGRATE:
             await self._migrate(work, backend)
             return
-        seen = await asyncio.wait_for(backend.act(work.backend_ref, work.intent), ACTION_TIMEOUT)
+        async with asyncio.timeout(ACTION_TIMEOUT):
+            seen = await backend.act(work.backend_ref, work.intent)
         await self._finish(work, _result(work.intent, seen), "", seen)
 
     async def _migrate(self, work: Work, backend: object) -> None:
@@ -407,7 +409,8 @@ class Scheduler:
         if move is None or work.intent_target is None:
             raise Unsupported("this target's driver cannot migrate instances")
         dest = await self.rt.backends.config_for(work.intent_target)
-        seen = await asyncio.wait_for(move(work.backend_ref, dest), MIGRATE_TIMEOUT)
+        async with asyncio.timeout(MIGRATE_TIMEOUT):
+            seen = await move(work.backend_ref, dest)
         await self._finish(
             work,
             _result(work.intent, seen),
