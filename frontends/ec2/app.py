@@ -65,6 +65,7 @@ class RequestIds:
 
 
 REQUEST_IDS: Final = web.AppKey("request_ids", RequestIds)
+
 _MAX_KEY: Final = 128
 
 
