@@ -19,6 +19,12 @@ returning the very bytes of cloudbroker's ``describe_one`` answer: ``describe_on
 is how many times longer cloudbroker takes per request (target: at most 3). boto3's end-to-end
 latency (one client, one request at a time) is shown beside for each call and server.
 
+``run_one_cpu_ms_per_launch`` is each server process's CPU time (user and system, all its
+threads) over the RunInstances run and the two seconds after it, per launch answered: for
+cloudbroker that includes placing the instance and starting it on the simulated host; for moto,
+recording it. Both serve from one Python process, so the ratio of these costs bounds the ratio of
+their rates.
+
 The same server is then started again on the same data with ``kept_answers = 0``: the
 ``keeping_no_answers`` figures are describes that read and render anew every time (what one
 costs right after something changed), beside the first ones, which a polling client gets.
@@ -354,7 +360,12 @@ def measure(
         out["describe_one"] = load(port, one_req, args.workers, args.seconds)
     with spied("run_one"):
         run_req = raw({"Action": "RunInstances", **launch})
+        used = cpu_seconds(pid) if pid else None
         out["run_one"] = load(port, run_req, args.run_workers, args.run_seconds)
+    if used is not None and pid:
+        time.sleep(2.0)  # the launches answered are still being placed and started: count them
+        spent = cpu_seconds(pid) - used
+        out["run_one"]["cpu_ms_per_launch"] = round(spent / out["run_one"]["requests"] * 1e3, 2)
     out["boto3_ms"] = {
         "describe_one": boto3_ms(lambda: ec2.describe_instances(InstanceIds=[one_id]), 30),
         "describe_all": boto3_ms(lambda: ec2.describe_instances(MaxResults=1000), 3),
@@ -365,6 +376,12 @@ def measure(
     out["describe_one_body"] = one_body
     print(f"{name}: {json.dumps({k: v for k, v in out.items() if k != 'describe_one_body'})}")
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system, every thread) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def settle(db: Path, quiet: float = 3.0, timeout: float = 120.0) -> None:
@@ -426,7 +443,7 @@ def main() -> None:
         moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]
         with (
             process(serve, ec2_port, tmp / "broker.log") as served,
-            process(moto, moto_port, tmp / "moto.log"),
+            process(moto, moto_port, tmp / "moto.log") as moto_pid,
         ):
             ours = client(ec2_port, OURS_REGION, key, secret)
             image = ours.describe_images(Filters=[{"Name": "name", "Values": ["tiny-simulated"]}])
@@ -450,7 +467,7 @@ def main() -> None:
             one_moto = {**moto_launch, "MinCount": "1", "MaxCount": "1"}
             middle = their_ids[len(their_ids) // 2]
             results["moto"] = measure(
-                "moto", moto_port, MOTO_REGION, moto_creds, one_moto, middle, args
+                "moto", moto_port, MOTO_REGION, moto_creds, one_moto, middle, args, moto_pid.pid
             )
         # the same server and data, keeping no answers: every describe reads and renders anew
         # (what a describe costs right after something changed)
@@ -483,6 +500,12 @@ def main() -> None:
             "bare_aiohttp_describe_one_bytes": bare["rps"],
         },
         "speedup_vs_moto": speedup,
+        # one core's time per RunInstances, from the request to the instance running (ours) or
+        # recorded (moto): 20 times moto's rate on one core needs a twentieth of moto's figure
+        "run_one_cpu_ms_per_launch": {
+            "cloudbroker": ours_r["run_one"].get("cpu_ms_per_launch"),
+            "moto": moto_r["run_one"].get("cpu_ms_per_launch"),
+        },
         "describe_one_cost_vs_bare": cost,
         "keeping_no_answers": {
             "rps": {op: results["fresh"][op]["rps"] for op in ("describe_all", "describe_one")},

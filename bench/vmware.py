@@ -173,11 +173,7 @@ async def through_broker(sim: vcsim.Simulator, n: int, tmp: Path) -> float:
         for _ in range(20):
             await sched.cycle()
             await sched.drain()
-            page = (
-                await instances.describe(rt, caller, max_results=1000)
-                if _accepts_max()
-                else await instances.describe(rt, caller)
-            )
+            page = await instances.describe(rt, caller, limit=1000)
             if all(i.state is State.RUNNING for i in page.items) and len(page.items) >= n:
                 break
         elapsed = time.perf_counter() - t0
@@ -187,12 +183,6 @@ async def through_broker(sim: vcsim.Simulator, n: int, tmp: Path) -> float:
         return elapsed
     finally:
         await rt.aclose()
-
-
-def _accepts_max() -> bool:
-    import inspect
-
-    return "max_results" in inspect.signature(instances.describe).parameters
 
 
 async def observation(n: int) -> dict[str, float]:
