@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, insert, select
 
 from backends.libvirt.local import simulated_node_file
@@ -528,3 +529,36 @@ async def test_bad_hooks_are_refused_and_change_nothing(rt: Runtime, tmp_path: P
     assert (await hooks.remove(rt, SYSTEM, made.id)).name == "h"
     assert await hooks.describe(rt, SYSTEM) == []
     assert os.access(good, os.X_OK)
+
+
+async def test_with_no_hooks_the_runner_reads_only_event_ids(rt: Runtime) -> None:
+    """No hook enabled: the runner moves past new events reading their ids alone (each launch
+    and placement writes one; their messages and details are read only when a hook may run)."""
+    hr = HookRunner(rt, FAST)
+    await hr.start()
+    assert hr.cursor is not None
+    async with rt.engine.begin() as conn:
+        await record(
+            conn,
+            [
+                EventRecord(f"i-0{n:016x}", "transition", "test", "", "pending", "x")
+                for n in range(5)
+            ],
+        )
+    seen: list[str] = []
+
+    def on_execute(*args: Any) -> None:
+        seen.append(str(args[2]))
+
+    engine = rt.reader.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        assert await hr.step() == 5
+        assert await hr.step() == 0
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", on_execute)
+    async with rt.engine.connect() as conn:
+        assert hr.cursor == await conn.scalar(select(func.max(m.Event.id)))
+    reads = [s for s in seen if "FROM events" in s]
+    assert reads and all("events.detail" not in s and "events.message" not in s for s in reads)
+    await hr.aclose()
