@@ -28,6 +28,7 @@ from broker.runtime import Runtime
 from frontends.ec2 import render
 from frontends.ec2.actions import ACTIONS
 from frontends.ec2.errors import WireError, classify
+from frontends.ec2.lookups import DefaultGroups
 from frontends.ec2.protocol import (
     Call,
     Params,
@@ -48,6 +49,7 @@ CLOCK: Final[web.AppKey[Callable[[], dt.datetime]]] = web.AppKey("clock")
 FRAGMENTS: Final = web.AppKey("fragments", render.Fragments)
 LIMITER: Final = web.AppKey("limiter", RateLimiter)
 REPLIES: Final = web.AppKey("replies", Replies)
+DEFAULT_GROUPS: Final = web.AppKey("default_groups", DefaultGroups)
 
 
 class RequestIds:
@@ -148,6 +150,7 @@ async def handle(request: web.Request) -> web.Response:
             request_id,
             request.host,
             request.app[FRAGMENTS],
+            request.app[DEFAULT_GROUPS],
         )
         await handler(call, root)
     except (BrokerError, Exception) as exc:
@@ -182,6 +185,7 @@ def create_app(rt: Runtime) -> web.Application:
     app[FRAGMENTS] = render.Fragments()
     app[REPLIES] = Replies(rt.config.broker.kept_answers)
     app[REQUEST_IDS] = RequestIds()
+    app[DEFAULT_GROUPS] = DefaultGroups()
     app[LIMITER] = RateLimiter(rt.config.ec2.rate_limit, rt.config.ec2.rate_burst)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -24,6 +24,7 @@ from aiohttp import web
 from broker.auth import Caller
 from broker.runtime import Runtime
 from frontends.ec2.errors import WireError, combination, dry_run_error, invalid, missing
+from frontends.ec2.lookups import DefaultGroups
 from frontends.ec2.render import Element, Fragments
 
 MAX_BODY: Final = 1024 * 1024
@@ -286,6 +287,7 @@ class Call:
     request_id: str
     host: str = ""
     fragments: Fragments | None = None  # the app's cache of rendered items
+    default_groups: DefaultGroups | None = None  # the app's memo of default security groups
 
     @property
     def dry_run(self) -> bool:

@@ -274,7 +274,10 @@ async def run_instances(call: Call, out: Element) -> None:
         call.check_dry_run()
     if not req.security_group_ids and not req.security_group_names:
         # EC2 puts an instance launched without groups into the caller's default group
-        gid = await default_group(call.rt, call.caller)
+        if call.default_groups is not None:
+            gid = await call.default_groups.get(call.rt, call.caller)
+        else:
+            gid = await default_group(call.rt, call.caller)
         req = dataclasses.replace(req, security_group_ids=(gid,))
     elif sg_svc.DEFAULT in req.security_group_names:
         await sg_svc.ensure_default(call.rt, call.caller)
