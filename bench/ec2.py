@@ -64,11 +64,13 @@ VERSION = "2016-11-15"
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
 OURS_REGION = "cloudbroker-1"
 MOTO_REGION = "us-east-1"
-#: a simulated host large enough for the instances the bench launches (libvirt test driver)
+#: a simulated host large enough for every instance the bench launches (libvirt test driver):
+#: 8,192 t3.nano (2 vCPUs, 512 MiB each), so a launch measured is a launch started, never one
+#: left waiting for room (``run_one_waiting_after`` counts those)
 BIG_NODE = """<node>
-  <cpu><mhz>2000</mhz><model>x86_64</model><active>4096</active><nodes>1</nodes>
-       <sockets>1</sockets><cores>4096</cores><threads>1</threads></cpu>
-  <memory>4294967296</memory>
+  <cpu><mhz>2000</mhz><model>x86_64</model><active>16384</active><nodes>1</nodes>
+       <sockets>1</sockets><cores>16384</cores><threads>1</threads></cpu>
+  <memory>8589934592</memory>
 </node>
 """
 
@@ -336,6 +338,7 @@ def measure(
     one_id: str,
     args: argparse.Namespace,
     pid: int | None = None,
+    db: Path | None = None,
 ) -> dict[str, Any]:
     key, secret = creds
 
@@ -366,6 +369,8 @@ def measure(
         time.sleep(2.0)  # the launches answered are still being placed and started: count them
         spent = cpu_seconds(pid) - used
         out["run_one"]["cpu_ms_per_launch"] = round(spent / out["run_one"]["requests"] * 1e3, 2)
+    if db is not None:
+        out["run_one"]["waiting"] = waiting(db)
     out["boto3_ms"] = {
         "describe_one": boto3_ms(lambda: ec2.describe_instances(InstanceIds=[one_id]), 30),
         "describe_all": boto3_ms(lambda: ec2.describe_instances(MaxResults=1000), 3),
@@ -382,6 +387,18 @@ def cpu_seconds(pid: int) -> float:
     """The CPU time (user and system, every thread) process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def waiting(db: Path) -> int:
+    """Instances not started yet: none, when every launch the run answered was carried out."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        found = conn.execute(
+            "SELECT count(*) FROM instances WHERE state IN ('pending', 'prolog', 'boot')"
+        ).fetchone()
+        return int(found[0])
+    finally:
+        conn.close()
 
 
 def settle(db: Path, quiet: float = 3.0, timeout: float = 120.0) -> None:
@@ -462,7 +479,7 @@ def main() -> None:
             middle_ours = mine[len(mine) // 2]
             results["cloudbroker"] = measure(
                 "cloudbroker", ec2_port, OURS_REGION, (key, secret), one, middle_ours, args,
-                served.pid,
+                served.pid, tmp / "var" / "broker.db",
             )  # fmt: skip
             one_moto = {**moto_launch, "MinCount": "1", "MaxCount": "1"}
             middle = their_ids[len(their_ids) // 2]
@@ -502,6 +519,7 @@ def main() -> None:
         "speedup_vs_moto": speedup,
         # one core's time per RunInstances, from the request to the instance running (ours) or
         # recorded (moto): 20 times moto's rate on one core needs a twentieth of moto's figure
+        "run_one_waiting_after": ours_r["run_one"].get("waiting"),
         "run_one_cpu_ms_per_launch": {
             "cloudbroker": ours_r["run_one"].get("cpu_ms_per_launch"),
             "moto": moto_r["run_one"].get("cpu_ms_per_launch"),
