@@ -37,6 +37,7 @@ setup(
         "pyvmomi>=8.0",
         "rich>=13",
         "SQLAlchemy[asyncio]>=2.0.25",
+        "uvloop>=0.19",
     ],
     extras_require={
         "libvirt": ["libvirt-python>=9"],

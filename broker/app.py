@@ -137,6 +137,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     async with running(config) as rt:
         print(
             f"cloudbroker serving region {config.broker.region}: "

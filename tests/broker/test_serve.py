@@ -125,6 +125,11 @@ def test_kill_9_between_accepting_and_dispatching_loses_nothing(server: Server) 
     assert server.kill(signal.SIGTERM) == 0
 
 
+def test_serve_runs_on_uvloop(server: Server) -> None:
+    log = (server.cfg.parent / "serve.log").read_text()
+    assert "event loop: uvloop.Loop" in log, log
+
+
 def test_cli_user_create_prints_keys_once_and_bad_input_is_one_line(server: Server) -> None:
     cfg = server.cfg
     made = cli_json(cfg, "user", "create", "alice")
