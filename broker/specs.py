@@ -1,9 +1,7 @@
 """Launch specs for a whole batch of instances: one query per table, not per instance.
 
 The scheduler hands backends immutable :class:`LaunchSpec` values; building them for a batch
-of a thousand launches must not cost thousands of round trips to the database. The instance,
-image and target columns (:data:`SPEC_COLUMNS`) can be read by the caller's own statement (the
-scheduler's dispatch read does), and :func:`specs_from_rows` reads only the rest.
+of a thousand launches must not cost thousands of round trips to the database.
 """
 
 from __future__ import annotations
@@ -18,9 +16,8 @@ from sqlalchemy.sql.elements import BindParameter
 from broker import model as m
 from broker.protocols import LaunchSpec, NicSpec
 
-#: what a spec needs of the instance, its image and its target, in the order
-#: :func:`specs_from_rows` takes them (a caller may read them with its own columns)
-SPEC_COLUMNS: Final = (
+#: what a spec needs of the instance, its image and its target
+_SPEC_COLUMNS: Final = (
     m.Instance.id,
     m.Instance.target_id,
     m.Instance.hostname,
@@ -48,7 +45,7 @@ SPEC_COLUMNS: Final = (
 _RIDS: Final[BindParameter[Any]] = bindparam("rids", expanding=True)
 # built once: building a statement costs more than running it for a cycle's few instances
 _SPECS: Final = (
-    select(*SPEC_COLUMNS)
+    select(*_SPEC_COLUMNS)
     .join(m.Image, m.Image.id == m.Instance.image_id)
     .join(m.Target, m.Target.id == m.Instance.target_id)
     .where(m.Instance.id.in_(_RIDS))
@@ -83,19 +80,9 @@ async def launch_specs(
     if not rids:
         return {}
     rows = (await conn.execute(_SPECS, {"rids": list(rids)})).all()
-    return await specs_from_rows(conn, rows, policy_settings)
-
-
-async def specs_from_rows(
-    conn: AsyncConnection,
-    rows: Sequence[Sequence[Any]],
-    policy_settings: Callable[[str], Mapping[str, Any]],
-) -> dict[str, LaunchSpec]:
-    """Specs of instances whose :data:`SPEC_COLUMNS` were read already (one row each, those
-    columns in that order); reads their key pairs, interfaces, groups and tags."""
     if not rows:
         return {}
-    rids = {"rids": [r[0] for r in rows]}
+    rids_param = {"rids": [r[0] for r in rows]}
     wanted_keys = {(r[17], r[16]) for r in rows if r[16]}
     keys: dict[tuple[str, str], str] = {}
     if wanted_keys:
@@ -106,13 +93,13 @@ async def specs_from_rows(
         ):
             keys[(owner, name)] = public
     nics: dict[str, list[NicSpec]] = {}
-    for rid, mac, ip, net, bridge, cidr, gateway, dns in await conn.execute(_NICS, rids):
+    for rid, mac, ip, net, bridge, cidr, gateway, dns in await conn.execute(_NICS, rids_param):
         nics.setdefault(str(rid), []).append(NicSpec(mac, ip, net, bridge, cidr, gateway, dns))
     groups: dict[str, list[str]] = {}
-    for rid, gid in await conn.execute(_GROUPS, rids):
+    for rid, gid in await conn.execute(_GROUPS, rids_param):
         groups.setdefault(rid, []).append(gid)
     tags: dict[str, dict[str, str]] = {}
-    for rid, key, value in await conn.execute(_TAGS, rids):
+    for rid, key, value in await conn.execute(_TAGS, rids_param):
         tags.setdefault(rid, {})[key] = value
     by_target: dict[str, Mapping[str, Any]] = {}  # the policy's maps, asked once a target
     out = {}

@@ -1,8 +1,9 @@
 """What one scheduler cycle costs the database, and that its merged statements change nothing.
 
-Dispatch reads the intents and their launches' instance, image and target columns in one
-statement, then only the specs' other tables (interfaces, groups, tags): a fixed number of
-statements however many launches a cycle carries. A finished batch of launches is written by one
+Dispatch reads the intents (their own columns only), then the specs of the launches not in
+flight yet (instance, image and target columns in one statement, then interfaces, groups and
+tags): a fixed number of statements however many launches a cycle carries, and none for
+launches still in flight from an earlier cycle. A finished batch of launches is written by one
 UPDATE that sets the new state only where the launch is still the intent. On both databases:
 the specs a backend gets are what :func:`broker.specs.launch_specs` reads on its own, a newer
 intent written between placement and dispatch is the one carried out, and a launch that a
@@ -11,6 +12,7 @@ terminate overtook keeps its reference but not its state.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
@@ -38,19 +40,24 @@ class RecordingBackend(FakeBackend):
     """A fake host that keeps every spec it is handed."""
 
     specs: ClassVar[dict[str, LaunchSpec]] = {}
+    hold: ClassVar[asyncio.Event | None] = None  # when set, launches wait for it
 
     async def launch(self, spec: LaunchSpec) -> Placement:
         RecordingBackend.specs[spec.instance_id] = spec
+        if RecordingBackend.hold is not None:
+            await RecordingBackend.hold.wait()
         return await super().launch(spec)
 
 
 @contextlib.contextmanager
-def statements(rt: Runtime) -> Iterator[list[str]]:
-    """The SQL statements run inside the block (an executemany counts once)."""
+def statements(rt: Runtime, whole: bool = False) -> Iterator[list[str]]:
+    """The SQL statements run inside the block (an executemany counts once): their first word,
+    or with ``whole`` their whole text."""
     seen: list[str] = []
 
     def on_execute(*args: Any) -> None:
-        seen.append(str(args[2]).split(None, 1)[0].upper())
+        text = str(args[2])
+        seen.append(text if whole else text.split(None, 1)[0].upper())
 
     engine = rt.engine.sync_engine
     event.listen(engine, "before_cursor_execute", on_execute)
@@ -63,7 +70,7 @@ def statements(rt: Runtime) -> Iterator[list[str]]:
 @pytest.fixture
 async def world(rt: Runtime) -> AsyncIterator[tuple[Runtime, Caller, str]]:
     """A live fake host, a public image and a user: (runtime, user, image id)."""
-    RecordingBackend.specs = {}
+    RecordingBackend.specs, RecordingBackend.hold = {}, None
     use_backend(rt, RecordingBackend)
     view = await add_fake_host(rt, cpu=256, memory_mb=262144, console="serial")
     await Monitor(rt).cycle()
@@ -79,7 +86,7 @@ async def launch(rt: Runtime, who: Caller, image: str, n: int) -> list[str]:
     return [i.id for i in await instances.launch(rt, who, LaunchRequest(image, "t3.micro", n, n))]
 
 
-async def test_specs_from_the_merged_read_are_what_launch_specs_reads(
+async def test_specs_a_backend_gets_are_what_launch_specs_reads(
     world: tuple[Runtime, Caller, str],
 ) -> None:
     rt, alice, image = world
@@ -143,8 +150,37 @@ async def test_a_cycle_runs_the_same_statements_for_any_number_of_launches(
     # placement: the pending instances, the targets (held resources, samples, rows: burst
     # flavor counts only when there is a burst target), one UPDATE and the events
     assert placing == ["SELECT"] * 4 + ["UPDATE", "INSERT"]
-    # dispatch: the work with its specs' own columns, then interfaces, groups and tags
-    assert dispatching == ["SELECT"] * 4
+    # dispatch: the work, its launches' own columns, then interfaces, groups and tags
+    assert dispatching == ["SELECT"] * 5
+
+
+async def test_launches_in_flight_are_not_read_again(world: tuple[Runtime, Caller, str]) -> None:
+    rt, alice, image = world
+    RecordingBackend.hold = asyncio.Event()
+    first = await launch(rt, alice, image, 3)
+    sched = Scheduler(rt, DefaultPolicy())
+    await sched.place()
+    await sched.dispatch()
+    for _ in range(50):  # until all three are inside the backend
+        if len(RecordingBackend.specs) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(RecordingBackend.specs) == sorted(first)
+    with statements(rt, whole=True) as again:
+        await sched.dispatch()
+    # the work only, without what a spec needs: nothing read or decoded for what is in flight
+    assert len(again) == 1 and again[0].startswith("SELECT")
+    assert "targets.settings" not in again[0] and "images.mappings" not in again[0]
+    second = await launch(rt, alice, image, 2)
+    await sched.place()
+    with statements(rt) as more:
+        await sched.dispatch()
+    assert more == ["SELECT"] * 5
+    RecordingBackend.hold.set()
+    await sched.drain()
+    assert sorted(RecordingBackend.specs) == sorted(first + second)
+    for rid in first + second:
+        assert (await instances.get(rt, alice, rid)).state is State.RUNNING
 
 
 async def test_a_newer_intent_between_placement_and_dispatch_is_the_one_carried_out(
