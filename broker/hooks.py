@@ -524,12 +524,16 @@ class HookRunner:
 
 async def _feed(proc: asyncio.subprocess.Process, body: bytes) -> None:
     """Give the script the event on stdin; a script that does not read it is fine."""
-    if proc.stdin is None:
+    stdin = proc.stdin
+    if stdin is None:
         return
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        proc.stdin.write(body)
-        await proc.stdin.drain()
-    proc.stdin.close()
+    # A script that exits without reading closes its end: the write then fails with a broken
+    # pipe, or, on uvloop, finds the transport already closed (it refuses writes to those).
+    if not stdin.is_closing():
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            stdin.write(body)
+            await stdin.drain()
+    stdin.close()
 
 
 async def run_hooks(rt: Runtime, settings: HookSettings | None = None) -> None:

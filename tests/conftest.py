@@ -1,16 +1,21 @@
-"""Shared fixtures: a broker runtime on SQLite and on the PostgreSQL the test command started."""
+"""Shared fixtures: a broker runtime on SQLite and on the PostgreSQL the test command started.
+
+Async tests run on uvloop, the loop ``serve`` runs on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import uvloop
 from moto.server import ThreadedMotoServer
 from sqlalchemy import Engine, create_engine, text
 
@@ -22,6 +27,13 @@ from broker.runtime import Runtime
 from broker.service import users
 
 PG_ENV = "CLOUDBROKER_TEST_PG"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test and fixture on uvloop, as in ``serve`` (see broker/cli.py)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def pg_admin_url() -> str:
