@@ -109,6 +109,7 @@ async def events(rt: Runtime, caller: Caller, rid: str) -> list[dict[str, Any]]:
     async with rt.engine.connect() as conn:
         rows = await conn.execute(
             select(
+                m.Event.id,
                 m.Event.at,
                 m.Event.kind,
                 m.Event.actor,
@@ -120,6 +121,14 @@ async def events(rt: Runtime, caller: Caller, rid: str) -> list[dict[str, Any]]:
             .order_by(m.Event.id)
         )
         return [
-            {"at": r[0], "kind": r[1], "actor": r[2], "from": r[3], "to": r[4], "message": r[5]}
+            {
+                "id": r[0],
+                "at": r[1],
+                "kind": r[2],
+                "actor": r[3],
+                "from": r[4],
+                "to": r[5],
+                "message": r[6],
+            }
             for r in rows
         ]

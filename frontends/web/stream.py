@@ -101,10 +101,11 @@ async def _tail(request: web.Request, response: web.StreamResponse, last: int) -
         if rows:
             last = int(rows[-1][0])
             logs: dict[str, list[dict[str, str]]] = {}
-            for _, rid, at, actor, old, new, message in rows:
+            for eid, rid, at, actor, old, new, message in rows:
                 if str(rid).startswith("i-"):
                     logs.setdefault(rid, []).append(
                         {
+                            "id": str(eid),
                             "at": at.strftime("%H:%M:%S"),
                             "actor": actor,
                             "from": old,

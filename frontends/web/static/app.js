@@ -72,12 +72,14 @@
     const table = document.getElementById("events");
     if (!table || table.dataset.eventsFor !== d.id || !d.events) return;
     const body = table.tBodies[0];
-    const have = new Set(Array.from(body.rows).map(function (r) { return r.innerText; }));
+    // by event id: two changes alike in every cell within one second are still two events
+    const have = new Set(Array.from(body.rows).map(function (r) { return r.dataset.event; }));
     d.events.forEach(function (e) {
+      if (have.has(e.id)) return;  // already on the page as rendered
       const change = (e.from || "") + (e.to ? " \u2192 " + e.to : "");
       const cells = [e.at, "transition", e.actor, change, e.message];
-      if (have.has(cells.join("\t"))) return;  // already on the page as rendered
       const row = body.insertRow(-1);
+      row.dataset.event = e.id;
       cells.forEach(function (text) {
         row.insertCell(-1).textContent = text;
       });

@@ -56,10 +56,14 @@ def occi(
         return Reply(exc.code, exc.headers, exc.read().decode())
 
 
-def occi_state(site: Site, key: tuple[str, str], rid: str) -> str:
+def occi_attribute(site: Site, key: tuple[str, str], rid: str, name: str) -> str:
     got = occi(site, key, "GET", f"/compute/{rid}", accept="application/occi+json")
     assert got.status == 200, got.text
-    return str(got.json()["attributes"]["occi.compute.state"])
+    return str(got.json()["attributes"][name])
+
+
+def occi_state(site: Site, key: tuple[str, str], rid: str) -> str:
+    return occi_attribute(site, key, rid, "occi.compute.state")
 
 
 def _tag(inst: dict[str, Any], key: str) -> str:
@@ -98,6 +102,11 @@ def test_an_instance_on_the_peer_is_listed_and_stopped_through_occi(
     rid = location.rsplit("/", 1)[1]
     wait_for(lambda: occi_state(a, key, rid) == "active", what="active through A's OCCI")
     assert a.json("explain", rid)["target"] == "site-b"
+    # OCCI's active covers booting too: wait until A's monitor has seen it running on B
+    wait_for(
+        lambda: "site-b" in occi_attribute(a, key, rid, "occi.compute.state.message"),
+        what="A's monitor sees it running on site-b",
+    )
 
     # it runs on B, as an instance of A's federation user carrying A's id
     remote = on_peer(b, fed)

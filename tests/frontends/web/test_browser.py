@@ -8,13 +8,17 @@ screenshots of the main pages to ``docs/screenshots`` for the README.
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
+from broker import model as m
+from broker.model import utcnow
 from tests.frontends.web.conftest import Server, Tenant, ec2_client, new_tenant
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -147,6 +151,49 @@ def test_launch_watch_and_stop_an_instance(browser: Any, server: Server) -> None
     response = other.goto(server.ui + f"instances/{rid}")
     assert response is not None and response.status == 404
     other.context.close()
+
+
+async def _record_alike(server: Server, rid: str, at: dt.datetime) -> None:
+    """A transition event at ``at``: called twice, two events alike in every shown cell."""
+    async with server.rt.engine.begin() as conn:
+        await conn.execute(
+            insert(m.Event).values(
+                resource_id=rid,
+                kind="transition",
+                actor="monitor",
+                from_state="running",
+                to_state="running",
+                message="alike",
+                at=at,
+            )
+        )
+
+
+def test_events_alike_within_one_second_each_get_a_row(browser: Any, server: Server) -> None:
+    from playwright.sync_api import expect
+
+    carol = new_tenant(server, "carol")
+    ec2 = ec2_client(server, carol)
+    rid = ec2.run_instances(
+        ImageId=server.image_id, InstanceType="t3.micro", MinCount=1, MaxCount=1
+    )["Instances"][0]["InstanceId"]
+    page = sign_in(browser, server, carol)
+    page.goto(server.ui + f"instances/{rid}")
+    expect(page.locator(".istate")).to_have_text("running")
+    expect(page.locator("#live")).to_have_class("live on")
+    rows = page.locator("#events tbody tr")
+    before = rows.count()
+    at = utcnow()
+    server.run(_record_alike(server, rid, at))
+    expect(rows).to_have_count(before + 1)
+    # the same second, actor, change and message as the row on the page: still a new event
+    server.run(_record_alike(server, rid, at))
+    expect(rows).to_have_count(before + 2)
+    page.reload()  # as rendered, each row carries its event's id
+    expect(rows).to_have_count(before + 2)
+    ids = rows.evaluate_all("rs => rs.map(r => r.dataset.event)")
+    assert len(set(ids)) == len(ids) and all(i and i.isdigit() for i in ids)
+    page.context.close()
 
 
 def test_edit_a_burst_policy(browser: Any, server: Server) -> None:
