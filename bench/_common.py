@@ -143,15 +143,28 @@ def emit(figures: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def profiled(pid: int, out: Path | None) -> Iterator[None]:
-    """py-spy recording process ``pid`` into ``out`` (raw stacks) while the block runs; nothing
-    when ``out`` is None or py-spy is not installed."""
+    """py-spy recording process ``pid`` and its children (worker processes) into ``out`` (raw
+    stacks) while the block runs; nothing when ``out`` is None or py-spy is not installed."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if out is None or not Path(spy).exists():
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+        [
+            spy,
+            "record",
+            "-p",
+            str(pid),
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+            "--subprocesses",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

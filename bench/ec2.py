@@ -10,17 +10,19 @@ Both servers run on this machine in their own processes and get the same request
 - ``describe_all``: DescribeInstances of all 1,000 instances (``MaxResults=1000``, one page);
 - ``describe_one``: DescribeInstances of one instance id with 1,000 present.
 
-cloudbroker is ``python -m broker --config <tmp> serve`` on SQLite with a simulated local host
-(libvirt's test driver, sized so 1,000 small instances fit) and a bench user made with
-:mod:`broker.service.users` before the server starts; moto is ``python -m moto.server``. Load
-comes from ``--workers`` client processes, each sending one pre-built SigV4-signed request (signed
-with botocore's ``SigV4Auth``) again and again over one keep-alive socket, reading each reply by
-its Content-Length: a few microseconds of client work per request, so the server is what is
-measured. The baseline for the per-request cost is a bare aiohttp handler (its own process)
-returning the very bytes of cloudbroker's ``describe_one`` answer: ``describe_one_cost_vs_bare``
-is how many times longer cloudbroker takes per request (target: at most 3), from three rounds
-that alternate the two (``describe_one_against_bare_rounds``). boto3's end-to-end
-latency (one client, one request at a time) is shown beside for each call and server.
+cloudbroker is ``python -m broker --config <tmp> serve`` on SQLite, its EC2 listener served by
+``--ec2-workers`` worker processes (1; 0 to serve it from ``serve``'s own process), with a
+simulated local host (libvirt's test driver, sized so 1,000 small instances fit) and a bench
+user made with :mod:`broker.service.users` before the server starts; moto is ``python -m
+moto.server``. Load comes from ``--workers`` client processes, each sending one pre-built
+SigV4-signed request (signed with botocore's ``SigV4Auth``) again and again over one keep-alive
+socket, reading each reply by its Content-Length: a few microseconds of client work per request,
+so the server is what is measured. The baseline for the per-request cost is a bare aiohttp
+handler (its own process) returning the very bytes of cloudbroker's ``describe_one`` answer:
+``describe_one_cost_vs_bare`` is how many times longer cloudbroker takes per request (target: at
+most 3), from three rounds that alternate the two (``describe_one_against_bare_rounds``).
+boto3's end-to-end latency (one client, one request at a time) is shown beside for each call and
+server.
 
 cloudbroker answers RunInstances once the instance is recorded, as EC2 does, and places and
 starts it after; moto records it before it answers. ``rps`` counts answers; for cloudbroker the
@@ -29,11 +31,12 @@ run ends when every instance answered in it has been started on the simulated ho
 against moto's rate): what the broker keeps up with, where the answers alone could outrun
 placement for a while.
 
-``run_one_cpu_ms_per_launch`` is each server process's CPU time (user and system, all its
-threads) over the RunInstances run, until the last launch is started (ours) or two seconds
-after it (moto), per launch answered: for cloudbroker that includes placing the instance and
-starting it on the simulated host; for moto, recording it. Both serve from one Python process,
-so the ratio of these costs bounds the ratio of their rates.
+``run_one_cpu_ms_per_launch`` is each server's CPU time (user and system, all its threads and
+its worker processes) over the RunInstances run, until the last launch is started (ours) or
+two seconds after it (moto), per launch answered: for cloudbroker that includes placing the
+instance and starting it on the simulated host; for moto, recording it. moto serves from one
+Python process, and so does cloudbroker with ``--ec2-workers 0``; with workers it answers in
+one process and places and starts in another, on a second core.
 
 The same server is then started again on the same data with ``kept_answers = 0``: the
 ``keeping_no_answers`` figures are describes that read and render anew every time (what one
@@ -212,7 +215,7 @@ def load(port: int, raw: bytes, workers: int, seconds: float, ok: int = 200) -> 
 # --- the servers ---------------------------------------------------------------------------------
 
 
-def _config(tmp: Path, ec2_port: int, admin_port: int) -> Path:
+def _config(tmp: Path, ec2_port: int, admin_port: int, workers: int) -> Path:
     path = tmp / "broker.toml"
     path.write_text(
         f"""[broker]
@@ -222,6 +225,7 @@ local_host = "simulated"
 
 [ec2]
 listen = "127.0.0.1:{ec2_port}"
+workers = {workers}
 
 [occi]
 enabled = false
@@ -420,9 +424,18 @@ def against_bare(
 
 
 def cpu_seconds(pid: int) -> float:
-    """The CPU time (user and system, every thread) process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The CPU time (user and system, every thread) process ``pid`` and its child processes
+    (``serve``'s EC2 workers) use now, ended ones not counted (none end during a run)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            rest = stat.read_text().rpartition(")")[2]
+        except OSError:
+            continue  # ended meanwhile
+        fields = rest.split()
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def waiting(db: Path) -> int:
@@ -491,6 +504,9 @@ def main() -> None:
         "--run-workers", type=int, default=32, help="client processes sending RunInstances"
     )
     parser.add_argument("--run-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--ec2-workers", type=int, default=1, help="cloudbroker's [ec2] workers (0: none)"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     args = parser.parse_args()
     results: dict[str, Any] = {}
@@ -498,7 +514,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ec2-") as tmp_name:
         tmp = Path(tmp_name)
         ec2_port, admin_port, moto_port = free_port(), free_port(), free_port()
-        config = _config(tmp, ec2_port, admin_port)
+        config = _config(tmp, ec2_port, admin_port, args.ec2_workers)
         subnet, key, secret = asyncio.run(_prepare(config))
         serve = [sys.executable, "-m", "broker", "--config", str(config), "serve"]
         moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]
@@ -540,7 +556,7 @@ def main() -> None:
         # the same server and data, keeping no answers: every describe reads and renders anew
         # (what a describe costs right after something changed)
         fresh_port, fresh_admin = free_port(), free_port()
-        text = _config(tmp, fresh_port, fresh_admin).read_text()
+        text = _config(tmp, fresh_port, fresh_admin, args.ec2_workers).read_text()
         config.write_text(text.replace("[broker]\n", "[broker]\nkept_answers = 0\n", 1))
         with process(serve, fresh_port, tmp / "broker-fresh.log"):
             settle(tmp / "var" / "broker.db")
@@ -559,6 +575,7 @@ def main() -> None:
         "loadavg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "workers": args.workers,
         "run_workers": args.run_workers,
+        "ec2_workers": args.ec2_workers,
         "instances": args.instances,
         "rps": {
             "cloudbroker": {op: ours_r[op]["rps"] for op in speedup},

@@ -13,9 +13,8 @@ import contextlib
 import gc
 import logging
 import signal
-import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -26,10 +25,12 @@ from broker.errors import BrokerError, ConfigError
 from broker.hooks import run_hooks
 from broker.monitor import Monitor
 from broker.plugins import BackendRegistry
+from broker.protocols import WorkerFrontendFactory
 from broker.runtime import Runtime
 from broker.scheduler import Scheduler
 from broker.seed import refresh_operator_file, seed
 from broker.service import policies
+from broker.workers import WorkerSet, bind
 
 log = logging.getLogger("cloudbroker")
 FRONTENDS = ("ec2", "occi", "admin")
@@ -67,17 +68,6 @@ async def add_local_host(rt: Runtime) -> None:
             log.warning("local host '%s' not added: %s", name, exc.message)
 
 
-def _ssl(section: ListenerSection) -> ssl.SSLContext | None:
-    if not section.tls_cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(section.tls_cert, section.tls_key or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate {section.tls_cert}: {exc}") from None
-    return ctx
-
-
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Runtime]:
     """Everything up (listeners, scheduler, monitor) for the duration of the block."""
@@ -96,22 +86,11 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
                 log.warning("[%s] is enabled but no frontend plugin provides it", name)
                 continue
             factory = plugins.load("cloudbroker.frontends", name)
-            runner = web.AppRunner(factory(rt), access_log=None, handle_signals=False)
-            await runner.setup()
-            runners.append(runner)
-            host, _, port = section.listen.rpartition(":")
-            site = web.TCPSite(
-                runner, host, int(port), ssl_context=_ssl(section), reuse_address=True
-            )
-            try:
-                await site.start()
-            except OSError as exc:
-                raise ConfigError(
-                    f"[{name}] cannot listen on {section.listen}: {exc.strerror or exc}"
-                ) from None
-            bound = runner.addresses[0] if runner.addresses else (host, port)
-            rt.listeners[name] = f"{bound[0]}:{bound[1]}"
-            log.info("%s listening on %s", name, rt.listeners[name])
+            if getattr(section, "workers", 0):
+                served = cast(WorkerFrontendFactory, factory)
+                runners.append(await _with_workers(rt, name, section, served))
+            else:
+                runners.append(await _listen(rt, name, section, factory(rt)))
         tasks.append(asyncio.create_task(scheduler.run(), name="scheduler"))
         tasks.append(asyncio.create_task(monitor.run(), name="monitor"))
         tasks.append(asyncio.create_task(run_hooks(rt, config.hooks), name="hooks"))
@@ -126,10 +105,62 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if rt.workers is not None:
+            await rt.workers.aclose()
         await scheduler.aclose()
         for runner in runners:
             await runner.cleanup()
         await rt.aclose()
+
+
+async def _listen(
+    rt: Runtime, name: str, section: ListenerSection, app: web.Application
+) -> web.AppRunner:
+    """``app`` served on ``section``'s address, which goes into ``rt.listeners``."""
+    tls = section.ssl_context()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, _, port = section.listen.rpartition(":")
+    site = web.TCPSite(runner, host, int(port), ssl_context=tls, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"[{name}] cannot listen on {section.listen}: {exc.strerror or exc}"
+        ) from None
+    bound = runner.addresses[0] if runner.addresses else (host, port)
+    rt.listeners[name] = f"{bound[0]}:{bound[1]}"
+    log.info("%s listening on %s", name, rt.listeners[name])
+    return runner
+
+
+async def _with_workers(
+    rt: Runtime, name: str, section: ListenerSection, factory: WorkerFrontendFactory
+) -> web.AppRunner:
+    """``section``'s listener served by worker processes (:mod:`broker.workers`); this process
+    serves what they hand over on a Unix socket. The runner of that socket."""
+    section.ssl_context()  # a bad certificate fails here, not in every worker
+    try:
+        listener = bind(section.listen)
+    except OSError as exc:
+        raise ConfigError(
+            f"[{name}] cannot listen on {section.listen}: {exc.strerror or exc}"
+        ) from None
+    count = int(getattr(section, "workers", 0))
+    rt.workers = WorkerSet(rt, name, listener, count)
+    runner = web.AppRunner(factory(rt, forwarded=True), access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+        await web.UnixSite(runner, rt.workers.inner).start()
+        await rt.workers.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = listener.getsockname()
+    rt.listeners[name] = f"{bound[0]}:{bound[1]}"
+    log.info("%s listening on %s in %d worker processes", name, rt.listeners[name], count)
+    return runner
 
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:

@@ -142,6 +142,24 @@ def serve(ctx: Ctx) -> None:
     uvloop.run(run(cfg))
 
 
+@main.command("frontend-worker", hidden=True)
+@click.argument("frontend")
+@click.option("--listen-fd", type=int, required=True)
+@click.option("--control-fd", type=int, required=True)
+@click.option("--inner", required=True, help="the core's Unix socket for handed-over requests")
+def frontend_worker(frontend: str, listen_fd: int, control_fd: int, inner: str) -> None:
+    """One of ``serve``'s worker processes (``[ec2] workers``); ``serve`` starts these, with
+    the configuration on standard input."""
+    import uvloop
+
+    from broker.config import loads
+    from broker.workers import run_worker
+
+    cfg = loads(sys.stdin.read())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvloop.run(run_worker(cfg, frontend, listen_fd, control_fd, inner))
+
+
 @main.group()
 def db() -> None:
     """Database maintenance."""

@@ -8,13 +8,18 @@ override the file (``CLOUDBROKER_DATABASE_URL=postgresql+psycopg://...``), for c
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError
+
+#: the most processes one listener may be served from (``[ec2] workers``)
+MAX_WORKERS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +44,23 @@ class ListenerSection:
     tls_cert: str = ""
     tls_key: str = ""
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The listener's TLS context (None: plain HTTP)."""
+        if not self.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS certificate {self.tls_cert}: {exc}") from None
+        return ctx
+
 
 @dataclasses.dataclass(frozen=True)
 class Ec2Section(ListenerSection):
     rate_limit: float = 0.0  # requests per second per access key; 0: no limit
     rate_burst: int = 100  # requests a key may send at once before the rate applies
+    workers: int = 0  # processes of their own serving this listener (broker/workers.py); 0: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +126,18 @@ class Config:
         if self.database.url:
             return self.database.url
         return f"sqlite+aiosqlite:///{self.data_path / 'broker.db'}"
+
+
+def dumps(cfg: Config) -> str:
+    """``cfg`` as JSON, for a process of the same broker (:func:`loads` reads it back)."""
+    return json.dumps(dataclasses.asdict(cfg))
+
+
+def loads(text: str) -> Config:
+    """The configuration :func:`dumps` wrote, exactly: no file is read and no env applied."""
+    data = json.loads(text)
+    sections = {s: type(getattr(Config(), s))(**data[s]) for s in _SECTIONS}
+    return Config(**sections, policy=data["policy"], source=data["source"])
 
 
 _SECTIONS = (
@@ -189,6 +218,11 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     ec2 = kwargs["ec2"]
     if not 0 <= ec2.rate_limit < float("inf") or (ec2.rate_limit > 0 and ec2.rate_burst < 1):
         raise ConfigError("[ec2] rate_limit must be 0 or more, and rate_burst at least 1")
+    if not 0 <= ec2.workers <= MAX_WORKERS:
+        raise ConfigError(f"[ec2] workers must be 0 to {MAX_WORKERS}")
+    if ec2.workers > 1 and ec2.rate_limit > 0:
+        # each process holds its own buckets: with two or more the limit would multiply
+        raise ConfigError("[ec2] rate_limit needs workers = 0 or 1 (one process keeps the buckets)")
     if kwargs["broker"].kept_answers < 0:
         raise ConfigError("[broker] kept_answers must be 0 (keep none) or more")
     if kwargs["accounting"].batch < 1:

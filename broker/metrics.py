@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -55,6 +56,45 @@ class _Snapshot(Collector):
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+class _Summed:
+    """A registry's families with other processes' request samples added, sample by sample
+    (a series only they have is added to its family)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, others: list[list[tuple[str, dict[str, str], float]]]
+    ) -> None:
+        self.registry = registry
+        self.others = others
+
+    def collect(self) -> Iterable[Metric]:
+        extra: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for samples in self.others:
+            for name, labels, value in samples:
+                key = (name, tuple(sorted(labels.items())))
+                extra[key] = extra.get(key, 0.0) + value
+        for family in self.registry.collect():
+            if extra and family.name in _REQUEST_FAMILIES:
+                family.samples = _add(family.samples, extra, family.name)
+            yield family
+
+
+_REQUEST_FAMILIES = ("cloudbroker_api_requests", "cloudbroker_api_request_duration_seconds")
+
+
+def _add(
+    samples: list[Sample], extra: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
+) -> list[Sample]:
+    summed: list[Sample] = []
+    for s in samples:
+        key = (s.name, tuple(sorted(s.labels.items())))
+        summed.append(s._replace(value=s.value + extra.pop(key, 0.0)))
+    for (sample_name, labels), value in list(extra.items()):
+        if sample_name.startswith(name):
+            summed.append(Sample(sample_name, dict(labels), value))
+            del extra[(sample_name, labels)]
+    return summed
 
 
 class Metrics:
@@ -106,13 +146,25 @@ class Metrics:
         series[0].inc()
         series[1].observe(seconds)
 
+    def request_samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """The request counts and latencies so far, as (sample name, labels, value)."""
+        return [
+            (s.name, s.labels, s.value)
+            for family in (*self.requests.collect(), *self.latency.collect())
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
     async def scrape(self, rt: Runtime) -> bytes:
-        """Read the database and render every family in Prometheus' text format."""
+        """Read the database and render every family in Prometheus' text format, with the
+        requests that worker processes (:mod:`broker.workers`) answered added in."""
         async with self._lock:  # one scrape reads at a time; the next gets fresh numbers
             async with rt.reader.connect() as conn:
                 families = await _read(conn, await self._policy_in_force(rt, conn))
             self._snapshot.families = families
-            return generate_latest(self.registry)
+            if rt.workers is None:
+                return generate_latest(self.registry)
+            return generate_latest(_Summed(self.registry, await rt.workers.samples()))
 
     async def _policy_in_force(self, rt: Runtime, conn: AsyncConnection) -> PlacementPolicy | None:
         if rt.policy_factory is None:

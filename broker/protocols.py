@@ -302,3 +302,11 @@ class FrontendFactory(Protocol):
     """``create_app(runtime) -> web.Application`` for one listener."""
 
     def __call__(self, runtime: Runtime) -> web.Application: ...
+
+
+class WorkerFrontendFactory(Protocol):
+    """The factory of a frontend that worker processes can serve (``[ec2] workers``): with
+    ``forwarded=True``, the app ``serve``'s own process runs for the requests its workers hand
+    over, which the worker that accepted each has already rate limited and counted."""
+
+    def __call__(self, runtime: Runtime, *, forwarded: bool = False) -> web.Application: ...

@@ -23,6 +23,7 @@ from broker.db import Reads, create_engine, create_reader
 if TYPE_CHECKING:
     from broker.plugins import BackendRegistry
     from broker.protocols import PolicyFactory
+    from broker.workers import CoreLink, WorkerSet
 
 
 @dataclasses.dataclass(slots=True)
@@ -81,9 +82,23 @@ class Runtime:
         self.listeners: dict[str, str] = {}
         #: group committers the services make on first use (``"launch"``: instances.launch)
         self.batchers: dict[str, object] = {}
+        #: in ``serve``'s own process: the worker processes serving a frontend beside it
+        self.workers: WorkerSet | None = None
+        #: in a worker process: the way to ``serve``'s own process (:mod:`broker.workers`)
+        self.core: CoreLink | None = None
 
     def wake_scheduler(self) -> None:
-        self.scheduler_wake.set()
+        """Have the scheduler look at the database now (in a worker: the core's scheduler)."""
+        if self.core is not None:
+            self.core.wake_scheduler()
+        else:
+            self.scheduler_wake.set()
+
+    def forget_credentials(self, user_id: str) -> None:
+        """Drop the user's keys from every process's cache: they were disabled or changed."""
+        self.credentials.forget(user_id)
+        if self.workers is not None:
+            self.workers.forget(user_id)
 
     async def caller_for_key(self, access_key: str) -> tuple[Caller, str] | None:
         """The caller and decrypted secret for an access key, or None if unknown or disabled."""

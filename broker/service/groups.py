@@ -186,7 +186,7 @@ async def set_user_group(rt: Runtime, caller: Caller, user: str, group: str) -> 
                     )
                 ],
             )
-    rt.credentials.forget(found.id)
+    rt.forget_credentials(found.id)
     return await get_user(rt, caller, found.id)
 
 
@@ -205,5 +205,5 @@ async def set_user_role(rt: Runtime, caller: Caller, user: str, role: str) -> Us
                 conn,
                 [audit(found.id, caller.name, "user role changed", old=found.role, new=role)],
             )
-        rt.credentials.forget(found.id)
+        rt.forget_credentials(found.id)
     return await get_user(rt, caller, found.id)

@@ -155,7 +155,7 @@ async def set_enabled(rt: Runtime, caller: Caller, name: str, enabled: bool) -> 
         await record(
             conn, [audit(user.id, caller.name, "user enabled" if enabled else "user disabled")]
         )
-    rt.credentials.forget(user.id)
+    rt.forget_credentials(user.id)
     return await get_user(rt, caller, name)
 
 
@@ -176,7 +176,7 @@ async def delete_user(rt: Runtime, caller: Caller, name: str) -> None:
         await conn.execute(delete(m.AccessKey).where(m.AccessKey.user_id == user.id))
         await conn.execute(delete(m.Token).where(m.Token.user_id == user.id))
         await record(conn, [audit(user.id, caller.name, "user deleted")])
-    rt.credentials.forget(user.id)
+    rt.forget_credentials(user.id)
 
 
 async def issue_token(

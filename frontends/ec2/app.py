@@ -70,6 +70,34 @@ REQUEST_IDS: Final = web.AppKey("request_ids", RequestIds)
 
 _MAX_KEY: Final = 128
 
+#: Where each action is answered when worker processes serve the listener (``[ec2] workers``,
+#: :mod:`broker.workers`). A worker answers what reads and writes the database alone; it hands
+#: to the core what needs a backend (the console is read from the host; volume actions ask the
+#: target's driver whether it stores volumes). Every action is in exactly one of the two (a
+#: test holds them to :data:`ACTIONS`), so a new one is placed on purpose.
+IN_WORKERS: Final = frozenset(
+    {
+        "AllocateAddress", "AssociateAddress", "AuthorizeSecurityGroupEgress",
+        "AuthorizeSecurityGroupIngress", "CreateImage", "CreateKeyPair", "CreateSecurityGroup",
+        "CreateTags", "DeleteKeyPair", "DeleteSecurityGroup", "DeleteTags", "DeregisterImage",
+        "DescribeAccountAttributes", "DescribeAddresses", "DescribeAvailabilityZones",
+        "DescribeImageAttribute", "DescribeImages", "DescribeInstanceAttribute",
+        "DescribeInstanceStatus", "DescribeInstanceTypes", "DescribeInstances",
+        "DescribeKeyPairs", "DescribeNetworkInterfaces", "DescribeRegions",
+        "DescribeSecurityGroups", "DescribeSnapshots", "DescribeSubnets", "DescribeTags",
+        "DescribeVolumes", "DescribeVpcs", "DisassociateAddress", "ImportKeyPair",
+        "ModifyImageAttribute", "ModifyInstanceAttribute", "RebootInstances", "RegisterImage",
+        "ReleaseAddress", "RevokeSecurityGroupEgress", "RevokeSecurityGroupIngress",
+        "RunInstances", "StartInstances", "StopInstances", "TerminateInstances",
+    }
+)  # fmt: skip
+IN_CORE: Final = frozenset(
+    {
+        "GetConsoleOutput", "AttachVolume", "DetachVolume", "CreateVolume", "DeleteVolume",
+        "CreateSnapshot", "DeleteSnapshot",
+    }
+)  # fmt: skip
+
 
 def set_metrics_action(request: web.Request, action: str) -> None:
     """Name the request's action for the metrics middleware (a bounded set of names)."""
@@ -106,7 +134,8 @@ async def authenticate(
     app[VERIFIER].verify(signed, params, secret_for, app[CLOCK]())
     assert found is not None and key is not None  # the verifier refuses a key without a secret
     # limited after the signature is checked: nobody can spend another user's requests
-    if not app[LIMITER].allow(key, time.monotonic()):
+    limiter = app.get(LIMITER)  # none where workers hand requests over: they limited them
+    if limiter is not None and not limiter.allow(key, time.monotonic()):
         raise WireError("RequestLimitExceeded", "Request limit exceeded.", status=503)
     return found[0]
 
@@ -132,6 +161,9 @@ async def handle(request: web.Request) -> web.Response:
             raise WireError(
                 "InvalidAction", f"The action {action[:64]} is not valid for this web service."
             )
+        core = request.app[RUNTIME].core
+        if core is not None and action not in IN_WORKERS:
+            return await core.forward(request, body)
         version = version_of(params)
         kept = request.app[REPLIES]
         asked = kept.key(caller, request.host, params) if action in REUSABLE else None
@@ -177,8 +209,10 @@ def _answer(body: bytes, request_id: str) -> web.Response:
     )
 
 
-def create_app(rt: Runtime) -> web.Application:
-    app = web.Application(middlewares=[metrics.middleware(rt, "ec2")])
+def create_app(rt: Runtime, *, forwarded: bool = False) -> web.Application:
+    """The EC2 endpoint's app; ``forwarded``: the one serving what worker processes hand over
+    (each request was rate limited and is counted by the worker that accepted it)."""
+    app = web.Application(middlewares=[] if forwarded else [metrics.middleware(rt, "ec2")])
     app[RUNTIME] = rt
     app[VERIFIER] = Verifier(max_skew=MAX_SKEW)
     app[CLOCK] = lambda: dt.datetime.fromtimestamp(rt.clock(), dt.UTC)
@@ -186,6 +220,7 @@ def create_app(rt: Runtime) -> web.Application:
     app[REPLIES] = Replies(rt.config.broker.kept_answers)
     app[REQUEST_IDS] = RequestIds()
     app[DEFAULT_GROUPS] = DefaultGroups()
-    app[LIMITER] = RateLimiter(rt.config.ec2.rate_limit, rt.config.ec2.rate_burst)
+    if not forwarded:
+        app[LIMITER] = RateLimiter(rt.config.ec2.rate_limit, rt.config.ec2.rate_burst)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
