@@ -61,6 +61,14 @@ def _sqlite_loop_pragmas(dbapi_conn: Any, record: Any) -> None:
     cur.close()
 
 
+def _begin_immediate(conn: Any) -> None:
+    """Every transaction of the writer takes SQLite's write lock when it begins, not at its
+    first write: what it reads before writing (the free addresses, the quota counts) stays true
+    until it commits, even with another process writing (``[ec2] workers``). A lock another
+    process holds is waited for as any (:mod:`broker.sqliteloop`)."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for ``url``; SQLite gets its pragmas and one connection (one writer).
 
@@ -79,6 +87,7 @@ def create_engine(url: str) -> AsyncEngine:
                 async_creator=sqliteloop.connector(path),
             )
             event.listen(engine.sync_engine, "connect", _sqlite_loop_pragmas)
+            event.listen(engine.sync_engine, "begin", _begin_immediate)
             return engine
         engine = create_async_engine(url)  # in memory: SQLAlchemy keeps its one connection
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -244,7 +244,8 @@ def connector(path: str) -> Callable[[], Any]:
     """The ``async_creator`` for an engine whose connections run on the loop."""
 
     async def connect() -> LoopConnection:
-        conn = sqlite3.connect(path, timeout=0, check_same_thread=False)
+        # no transaction begun by sqlite3 itself: the engine begins each (broker.db)
+        conn = sqlite3.connect(path, timeout=0, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does it
         return LoopConnection(conn, Checkpointer(path))
 

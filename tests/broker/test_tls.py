@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -69,7 +70,9 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def write_config(tmp: Path, cert: Path | str, key: Path | str) -> tuple[Path, dict[str, int]]:
+def write_config(
+    tmp: Path, cert: Path | str, key: Path | str, workers: int = 0
+) -> tuple[Path, dict[str, int]]:
     ports = {name: free_port() for name in LISTENERS}
     text = '[broker]\ndata_dir = "data"\nlocal_host = "simulated"\n'
     for name in LISTENERS:
@@ -77,6 +80,8 @@ def write_config(tmp: Path, cert: Path | str, key: Path | str) -> tuple[Path, di
             f'[{name}]\nlisten = "127.0.0.1:{ports[name]}"\n'
             f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
         )
+        if name == "ec2":
+            text += f"workers = {workers}\n"
     text += "[monitor]\ninterval = 0.5\n[scheduler]\ninterval = 0.2\n"
     cfg = tmp / "broker.toml"
     cfg.write_text(text)
@@ -84,9 +89,9 @@ def write_config(tmp: Path, cert: Path | str, key: Path | str) -> tuple[Path, di
 
 
 class TlsBroker:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, workers: int = 0) -> None:
         self.cert, self.key = make_cert(tmp)
-        self.cfg, self.ports = write_config(tmp, self.cert, self.key)
+        self.cfg, self.ports = write_config(tmp, self.cert, self.key, workers)
         self.ctx = ssl.create_default_context(cafile=str(self.cert))
         self.log = tmp / "serve.log"
         with open(self.log, "a") as out:
@@ -139,13 +144,8 @@ def broker(tmp_path: Path) -> Iterator[TlsBroker]:
         srv.stop()
 
 
-def test_every_listener_speaks_https(broker: TlsBroker) -> None:
-    me = broker.admin("GET", "/api/v1/whoami")
-    assert me["name"] == "operator"
-    made = broker.admin("POST", "/api/v1/users", {"name": "alice"})
-    key, secret = made["access_key"], made["secret_key"]
-
-    ec2 = boto3.session.Session().client(
+def ec2_over_https(broker: TlsBroker, key: str, secret: str) -> Any:
+    return boto3.session.Session().client(
         "ec2",
         region_name="cloudbroker-1",
         endpoint_url=broker.url("ec2"),
@@ -154,6 +154,35 @@ def test_every_listener_speaks_https(broker: TlsBroker) -> None:
         verify=str(broker.cert),
         config=Config(retries={"max_attempts": 1, "mode": "standard"}),
     )
+
+
+def test_ec2_workers_speak_https(tmp_path: Path) -> None:
+    broker = TlsBroker(tmp_path, workers=1)
+    try:
+        made = broker.admin("POST", "/api/v1/users", {"name": "alice"})
+        ec2 = ec2_over_https(broker, made["access_key"], made["secret_key"])
+        assert ec2.describe_instances()["Reservations"] == []
+        with pytest.raises(ClientError) as missing:  # handed to serve's own process
+            ec2.get_console_output(InstanceId="i-00000000000000000")
+        assert missing.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
+        plain = http.client.HTTPConnection("127.0.0.1", broker.ports["ec2"], timeout=10)
+        try:
+            with pytest.raises((http.client.HTTPException, OSError)):
+                plain.request("GET", "/")
+                plain.getresponse().read()
+        finally:
+            plain.close()
+    finally:
+        broker.stop()
+
+
+def test_every_listener_speaks_https(broker: TlsBroker) -> None:
+    me = broker.admin("GET", "/api/v1/whoami")
+    assert me["name"] == "operator"
+    made = broker.admin("POST", "/api/v1/users", {"name": "alice"})
+    key, secret = made["access_key"], made["secret_key"]
+
+    ec2 = ec2_over_https(broker, key, secret)
     assert ec2.describe_instances()["Reservations"] == []
     assert ec2.describe_regions()["Regions"]
 

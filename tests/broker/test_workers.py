@@ -278,3 +278,27 @@ def test_metrics_add_the_workers_samples_to_their_own() -> None:
     assert f"cloudbroker_api_requests_total{{{run}}} 1.0" in lines
     assert f"cloudbroker_api_request_duration_seconds_count{{{run}}} 1.0" in lines
     assert text.count("# TYPE cloudbroker_api_requests_total counter") == 1
+
+
+def test_two_workers_launching_at_once_take_turns_on_the_database(serve2: Server) -> None:
+    """Each launch reads the free addresses and quotas, then writes: with two processes writing,
+    a transaction holds SQLite's write lock from its start, so no two launches take one
+    address (they did, and the second launch failed, before transactions began IMMEDIATE)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    user = cli_json(serve2.cfg, "user", "create", "frank")
+    assert isinstance(user, dict)
+    image = ec2_client(serve2.cfg, user).describe_images()["Images"][0]["ImageId"]
+
+    def launches(_: int) -> list[tuple[str, str]]:
+        ec2 = ec2_client(serve2.cfg, user)
+        made = []
+        for _ in range(8):
+            run = ec2.run_instances(ImageId=image, InstanceType="t3.nano", MinCount=1, MaxCount=1)
+            made += [(i["InstanceId"], i["PrivateIpAddress"]) for i in run["Instances"]]
+        return made
+
+    with ThreadPoolExecutor(16) as pool:
+        made = [pair for part in pool.map(launches, range(16)) for pair in part]
+    assert len(made) == 128
+    assert len({ip for _, ip in made}) == 128
