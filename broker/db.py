@@ -17,7 +17,7 @@ import concurrent.futures
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as create_sync_engine
@@ -61,12 +61,20 @@ def _sqlite_loop_pragmas(dbapi_conn: Any, record: Any) -> None:
     cur.close()
 
 
+#: the execution option of a writer's connection that only reads (``await
+#: conn.execution_options(**ONLY_READS)``): its transaction takes no write lock
+ONLY_READS: Final = {"cloudbroker_only_reads": True}
+
+
 def _begin_immediate(conn: Any) -> None:
     """Every transaction of the writer takes SQLite's write lock when it begins, not at its
     first write: what it reads before writing (the free addresses, the quota counts) stays true
     until it commits, even with another process writing (``[ec2] workers``). A lock another
-    process holds is waited for as any (:mod:`broker.sqliteloop`)."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    process holds is waited for as any (:mod:`broker.sqliteloop`). A connection marked
+    :data:`ONLY_READS` begins without it, so its reads never hold up another process's writes
+    (the scheduler reads what to place while workers write launches)."""
+    only_reads = conn.get_execution_options().get("cloudbroker_only_reads")
+    conn.exec_driver_sql("BEGIN" if only_reads else "BEGIN IMMEDIATE")
 
 
 def create_engine(url: str) -> AsyncEngine:

@@ -25,7 +25,7 @@ from typing import Any, Final
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from broker import metrics
+from broker import db, metrics
 from broker import model as m
 from broker.errors import BrokerError, Unsupported
 from broker.events import EventRecord, record, transition
@@ -210,6 +210,7 @@ class Scheduler:
 
     async def place(self) -> list[Decision]:
         async with self.rt.engine.connect() as conn:
+            await conn.execution_options(**db.ONLY_READS)
             await self._refresh_policy(conn)
             requests = await pending_requests(conn, self.cfg.batch, utcnow())
             if not requests:
@@ -294,6 +295,7 @@ class Scheduler:
         """Start every intent not in flight yet, with the specs of the launches among them."""
         limit = self.cfg.batch + len(self._inflight)
         async with self.rt.engine.connect() as conn:
+            await conn.execution_options(**db.ONLY_READS)
             rows = (await conn.execute(_DISPATCH, {"b_limit": limit})).all()
             self._backlog = len(rows) >= limit
             fresh = [r for r in rows if r[0] not in self._inflight]
