@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from broker import db
 from broker import model as m
 from broker.events import EventRecord, audit, record
 from broker.protocols import VolumeBackend, VolumeSpec, stores_volumes
@@ -41,6 +42,7 @@ class VolumeWorker:
     async def cycle(self) -> int:
         """Carry out what is asked; returns how many volumes were worked on."""
         async with self.rt.engine.connect() as conn:
+            await conn.execution_options(**db.ONLY_READS)  # each scheduler cycle reads this
             rows = (
                 await conn.execute(
                     select(

@@ -156,6 +156,17 @@ def ec2_over_https(broker: TlsBroker, key: str, secret: str) -> Any:
     )
 
 
+def no_plain_answer(port: int) -> None:
+    """Plain HTTP to a TLS port gets no HTTP answer at all."""
+    plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/")
+            plain.getresponse().read()
+    finally:
+        plain.close()
+
+
 def test_ec2_workers_speak_https(tmp_path: Path) -> None:
     broker = TlsBroker(tmp_path, workers=1)
     try:
@@ -165,13 +176,7 @@ def test_ec2_workers_speak_https(tmp_path: Path) -> None:
         with pytest.raises(ClientError) as missing:  # handed to serve's own process
             ec2.get_console_output(InstanceId="i-00000000000000000")
         assert missing.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
-        plain = http.client.HTTPConnection("127.0.0.1", broker.ports["ec2"], timeout=10)
-        try:
-            with pytest.raises((http.client.HTTPException, OSError)):
-                plain.request("GET", "/")
-                plain.getresponse().read()
-        finally:
-            plain.close()
+        no_plain_answer(broker.ports["ec2"])
     finally:
         broker.stop()
 
@@ -197,15 +202,8 @@ def test_every_listener_speaks_https(broker: TlsBroker) -> None:
     finally:
         conn.close()
 
-    # plain HTTP to each TLS port gets no HTTP answer at all
     for name in LISTENERS:
-        plain = http.client.HTTPConnection("127.0.0.1", broker.ports[name], timeout=10)
-        try:
-            with pytest.raises((http.client.HTTPException, OSError)):
-                plain.request("GET", "/")
-                plain.getresponse().read()
-        finally:
-            plain.close()
+        no_plain_answer(broker.ports[name])
     # and a client that does not trust the certificate refuses it
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         urllib.request.urlopen(
