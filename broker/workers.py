@@ -36,6 +36,7 @@ import signal
 import socket
 import sys
 import tempfile
+import zlib
 from collections import deque
 from pathlib import Path
 from typing import Final
@@ -199,7 +200,8 @@ class WorkerSet:
         elif message.startswith(b"metrics ") and worker.pending:
             found = worker.pending.popleft()
             if not found.done():
-                found.set_result([(n, dict(labels), v) for n, labels, v in json.loads(message[8:])])
+                samples = json.loads(zlib.decompress(message[8:]))
+                found.set_result([(n, dict(labels), v) for n, labels, v in samples])
 
     def _send(self, worker: _Worker, message: bytes) -> bool:
         if worker.control is None:
@@ -280,10 +282,10 @@ class CoreLink:
     def _send(self, message: bytes) -> None:
         try:
             self.control.send(message)
-        except BlockingIOError:
-            log.warning("the core's control channel is full: a message was dropped")
-        except OSError:
+        except ConnectionError:  # BrokenPipeError, ConnectionResetError: the core is gone
             self.gone.set()
+        except OSError as exc:  # full, or too large for one packet
+            log.warning("a message to the core was dropped: %s", exc)
 
     def _readable(self) -> None:
         try:
@@ -299,8 +301,9 @@ class CoreLink:
         elif message.startswith(b"forget "):
             self.rt.credentials.forget(message[7:].decode())
         elif message == b"metrics":
-            samples = metrics.install(self.rt).request_samples()
-            self._send(b"metrics " + json.dumps(samples).encode())
+            # compressed: thousands of samples whose names and labels repeat fit one packet
+            samples = json.dumps(metrics.install(self.rt).request_samples()).encode()
+            self._send(b"metrics " + zlib.compress(samples))
 
     async def forward(self, request: web.Request, body: bytes) -> web.Response:
         """``request`` (whose body was read: ``body``) answered by the core, as it answers."""

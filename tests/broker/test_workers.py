@@ -3,22 +3,35 @@ with boto3 (broker/workers.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import signal
+import socket
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
+from prometheus_client import generate_latest
 
-from broker.config import load
+from broker import metrics
+from broker.config import dumps, from_mapping, load, loads
+from broker.errors import ConfigError
+from broker.metrics import Metrics, _Summed
+from broker.runtime import Runtime
+from broker.workers import CoreLink
+from frontends.ec2.actions import ACTIONS
+from frontends.ec2.app import IN_CORE, IN_WORKERS
 from tests.broker.test_serve import Server, cli_json, free_port
 
 FAST = {"Delay": 0.2, "MaxAttempts": 150}
@@ -231,17 +244,11 @@ def test_one_worker_limits_each_key_once_for_all_its_actions(tmp_path: Path) -> 
 
 
 def test_every_ec2_action_is_placed_in_the_workers_or_the_core() -> None:
-    from frontends.ec2.actions import ACTIONS
-    from frontends.ec2.app import IN_CORE, IN_WORKERS
-
     assert not IN_WORKERS & IN_CORE
     assert set(ACTIONS) == IN_WORKERS | IN_CORE
 
 
 def test_workers_settings_are_checked() -> None:
-    from broker.config import from_mapping
-    from broker.errors import ConfigError
-
     assert from_mapping({"ec2": {"workers": 3}}, env={}).ec2.workers == 3
     assert from_mapping({"ec2": {"workers": 1, "rate_limit": 5}}, env={}).ec2.workers == 1
     for bad in ({"workers": -1}, {"workers": 65}, {"workers": 2, "rate_limit": 5}):
@@ -250,8 +257,6 @@ def test_workers_settings_are_checked() -> None:
 
 
 def test_a_worker_gets_the_very_configuration_of_its_core(tmp_path: Path) -> None:
-    from broker.config import dumps, loads
-
     cfg = load(str(write_config(tmp_path, 2, rate_limit=0)), env={})
     policy = {"version": 1, "rules": [{"when": "full", "burst": "aws"}]}
     cfg = dataclasses.replace(cfg, policy=policy)
@@ -259,10 +264,6 @@ def test_a_worker_gets_the_very_configuration_of_its_core(tmp_path: Path) -> Non
 
 
 def test_metrics_add_the_workers_samples_to_their_own() -> None:
-    from prometheus_client import generate_latest
-
-    from broker.metrics import Metrics, _Summed
-
     ours, theirs = Metrics(), Metrics()
     ours.observe_request("ec2", "DescribeRegions", 200, 0.002)
     theirs.observe_request("ec2", "DescribeRegions", 200, 0.3)
@@ -284,8 +285,6 @@ def test_two_workers_launching_at_once_take_turns_on_the_database(serve2: Server
     """Each launch reads the free addresses and quotas, then writes: with two processes writing,
     a transaction holds SQLite's write lock from its start, so no two launches take one
     address (they did, and the second launch failed, before transactions began IMMEDIATE)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     user = cli_json(serve2.cfg, "user", "create", "frank")
     assert isinstance(user, dict)
     image = ec2_client(serve2.cfg, user).describe_images()["Images"][0]["ImageId"]
@@ -302,3 +301,26 @@ def test_two_workers_launching_at_once_take_turns_on_the_database(serve2: Server
         made = [pair for part in pool.map(launches, range(16)) for pair in part]
     assert len(made) == 128
     assert len({ip for _, ip in made}) == 128
+
+
+async def test_a_workers_metrics_of_every_action_fit_one_packet() -> None:
+    """Every action with three statuses is 329 KB of samples, more than one packet of the
+    control channel carries (about 200 KB): they are sent compressed."""
+    rt = cast(Runtime, SimpleNamespace())
+    for action in ACTIONS:
+        for status in (200, 400, 503):
+            metrics.install(rt).observe_request("ec2", action, status, 0.01)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    gone = asyncio.Event()
+    link = CoreLink(rt, theirs, "", gone)
+    try:
+        ours.send(b"metrics")
+        loop = asyncio.get_running_loop()
+        ours.setblocking(False)
+        answer = await asyncio.wait_for(loop.sock_recv(ours, 1 << 20), 10)
+        samples = json.loads(zlib.decompress(answer[len(b"metrics ") :]))
+        assert len(samples) == len(ACTIONS) * 3 * 16  # a counter and 15 histogram samples
+        assert not gone.is_set()
+    finally:
+        await link.aclose()
+        ours.close()
