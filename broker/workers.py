@@ -123,10 +123,6 @@ class WorkerSet:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers if w.proc is not None]
-
     async def start(self) -> None:
         for worker in self._workers:
             await self._spawn(worker)
@@ -173,9 +169,14 @@ class WorkerSet:
                 self.frontend, worker.index, worker.proc.pid, code, pause,
             )  # fmt: skip
             pause = 1.0 if loop.time() - started > 60 else pause
-            await asyncio.sleep(pause)
-            pause = min(MAX_PAUSE, pause * 2)
-            await self._spawn(worker)
+            while True:
+                await asyncio.sleep(pause)
+                pause = min(MAX_PAUSE, pause * 2)
+                try:
+                    await self._spawn(worker)
+                    break
+                except OSError as exc:  # no process could be made (out of memory or pids)
+                    log.warning("%s worker %d not started: %s", self.frontend, worker.index, exc)
 
     def _hang_up(self, worker: _Worker) -> None:
         if worker.control is not None:
