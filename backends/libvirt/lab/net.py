@@ -85,11 +85,22 @@ def _network(text: str) -> ipaddress.IPv4Network:
 
 
 def _bridge(name: str, namespace: str, address: str | None, prefixlen: int) -> None:
-    ip("link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0",
+    # A bridge whose own MAC is not set takes the lowest of its ports': a guest's tap (fe:54:..)
+    # joining it could then change it, and the tap of a guest migrating in gives the second
+    # host's bridge the very same MAC as the first one's, so neither answers the other (a live
+    # migration's stream found "no route to host"). Each bridge gets a MAC of its own from its
+    # address instead, which no port changes.
+    mac = ["address", _mac_of(address)] if address else []
+    ip("link", "add", name, *mac, "type", "bridge", "stp_state", "0", "forward_delay", "0",
        namespace=namespace)  # fmt: skip
     if address:
         ip("addr", "add", f"{address}/{prefixlen}", "dev", name, namespace=namespace)
     ip("link", "set", name, "up", namespace=namespace)
+
+
+def _mac_of(address: str) -> str:
+    """A locally administered unicast MAC made from an IPv4 address (unique in the lab)."""
+    return "02:00:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
 
 
 def create_lab_network(plan: LabPlan) -> None:
