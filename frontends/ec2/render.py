@@ -3,7 +3,10 @@
 Every reply is built once with lxml in the namespace ``http://ec2.amazonaws.com/doc/VERSION/``
 (the client's own Version), with ``requestId`` first. Lists are ``<item>`` elements, booleans
 ``true``/``false``, times ISO 8601 UTC with milliseconds. Untrusted text reaches XML only through
-lxml, which escapes it (and refuses control characters, which we drop first).
+lxml, which escapes it (and refuses control characters, which we drop first). The one subtree
+rendered often enough for lxml's element-at-a-time building to show (an instance's ``<item>``, some
+fifty elements) is written as text by :func:`markup`, which escapes with the standard library, and
+read back by lxml (:func:`parsed`), which refuses anything that is not well-formed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, TypeAlias
+from xml.sax.saxutils import escape
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
@@ -53,6 +57,29 @@ def text(parent: Element, tag: str, value: str | int | bool | None) -> Element:
     return el
 
 
+def escaped(value: str | int | bool | None) -> str:
+    """What :func:`text` would put in an element, as escaped XML text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    value = str(value)
+    return escape(value if value.isprintable() else _CONTROL.sub("", value))
+
+
+def markup(tag: str, value: str | int | bool | None) -> str:
+    """``<tag>value</tag>`` as text (``tag`` is ours, never the client's)."""
+    return f"<{tag}>{escaped(value)}</{tag}>"
+
+
+_PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+def parsed(text: str) -> Element:
+    """The element that ``text``, written with :func:`markup`, describes."""
+    return etree.fromstring(text, _PARSER)
+
+
 def opt(parent: Element, tag: str, value: str | int | None) -> None:
     """A child only when there is a value (EC2 leaves out what it does not know)."""
     if value is not None and value != "":
@@ -76,8 +103,7 @@ def timestamp(value: dt.datetime) -> str:
     """``2026-11-25T13:48:21.177Z``: UTC with milliseconds."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    value = value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def return_true(root: Element) -> None:

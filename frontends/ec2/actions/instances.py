@@ -42,12 +42,12 @@ def _state(parent: Element, tag: str, state: State) -> None:
     r.text(box, "name", name)
 
 
-def _groups(parent: Element, groups: Sequence[tuple[str, str]]) -> None:
-    box = r.node(parent, "groupSet")
-    for gid, name in groups:
-        it = r.item(box)
-        r.text(it, "groupId", gid)
-        r.text(it, "groupName", name)
+def _group_set(groups: Sequence[tuple[str, str]]) -> str:
+    items = "".join(
+        f"<item>{r.markup('groupId', gid)}{r.markup('groupName', name)}</item>"
+        for gid, name in groups
+    )
+    return f"<groupSet>{items}</groupSet>"
 
 
 def render_instance(call: Call, box: Element, inst: svc.InstanceView, *, keep: bool = True) -> None:
@@ -65,62 +65,72 @@ def render_instance(call: Call, box: Element, inst: svc.InstanceView, *, keep: b
 
 
 def _instance_item(region: str, inst: svc.InstanceView) -> Element:
-    it = r.detached("item")
+    m = r.markup
     vpc = vpc_id(region)
-    r.text(it, "instanceId", inst.id)
-    r.text(it, "imageId", inst.image_id)
-    _state(it, "instanceState", inst.state)
-    r.text(it, "privateDnsName", inst.hostname)
-    r.text(it, "dnsName", "")
-    r.text(it, "reason", inst.state_reason)
-    r.opt(it, "keyName", inst.key_name)
-    r.text(it, "amiLaunchIndex", inst.launch_index)
-    r.node(it, "productCodes")
-    r.text(it, "instanceType", inst.flavor)
-    r.text(it, "launchTime", r.timestamp(inst.launched_at or inst.created_at))
-    placement = r.node(it, "placement")
-    r.text(placement, "availabilityZone", zone_of(region, inst))
-    r.text(placement, "groupName", "")
-    r.text(placement, "tenancy", "default")
-    r.text(r.node(it, "monitoring"), "state", "disabled")
+    name, code = ec2_state(inst.state)
+    groups = _group_set(inst.security_groups)
+    out = [
+        "<item>",
+        m("instanceId", inst.id),
+        m("imageId", inst.image_id),
+        f"<instanceState><code>{code}</code><name>{name}</name></instanceState>",
+        m("privateDnsName", inst.hostname),
+        "<dnsName></dnsName>",
+        m("reason", inst.state_reason),
+        m("keyName", inst.key_name) if inst.key_name else "",
+        m("amiLaunchIndex", inst.launch_index),
+        "<productCodes/>",
+        m("instanceType", inst.flavor),
+        m("launchTime", r.timestamp(inst.launched_at or inst.created_at)),
+        "<placement>",
+        m("availabilityZone", zone_of(region, inst)),
+        "<groupName></groupName><tenancy>default</tenancy></placement>",
+        "<monitoring><state>disabled</state></monitoring>",
+    ]
     if inst.interfaces:
-        r.text(it, "subnetId", inst.interfaces[0].network_id)
-        r.text(it, "vpcId", vpc)
-    r.opt(it, "privateIpAddress", inst.private_ip)
-    r.opt(it, "ipAddress", inst.public_ip)
-    r.text(it, "sourceDestCheck", True)
-    _groups(it, inst.security_groups)
+        out += [m("subnetId", inst.interfaces[0].network_id), m("vpcId", vpc)]
+    if inst.private_ip:
+        out.append(m("privateIpAddress", inst.private_ip))
+    if inst.public_ip:
+        out.append(m("ipAddress", inst.public_ip))
+    out += ["<sourceDestCheck>true</sourceDestCheck>", groups]
     if inst.state in (State.FAILED, State.DONE) and inst.state_reason:
-        reason = r.node(it, "stateReason")
-        r.text(reason, "code", "Server.InternalError" if inst.state is State.FAILED else "Client")
-        r.text(reason, "message", inst.state_reason)
-    r.text(it, "architecture", "x86_64")
-    r.text(it, "rootDeviceType", "instance-store")
-    r.node(it, "blockDeviceMapping")
-    r.text(it, "virtualizationType", "hvm")
-    r.opt(it, "clientToken", inst.client_token)
-    r.tag_set(it, inst.tags)
-    r.text(it, "hypervisor", "xen")
-    nics = r.node(it, "networkInterfaceSet")
+        why = "Server.InternalError" if inst.state is State.FAILED else "Client"
+        out.append(
+            f"<stateReason><code>{why}</code>{m('message', inst.state_reason)}</stateReason>"
+        )
+    out += [
+        "<architecture>x86_64</architecture><rootDeviceType>instance-store</rootDeviceType>",
+        "<blockDeviceMapping/><virtualizationType>hvm</virtualizationType>",
+    ]
+    if inst.client_token:
+        out.append(m("clientToken", inst.client_token))
+    if inst.tags:
+        out.append("<tagSet>")
+        out += (f"<item>{m('key', k)}{m('value', inst.tags[k])}</item>" for k in sorted(inst.tags))
+        out.append("</tagSet>")
+    out.append("<hypervisor>xen</hypervisor><networkInterfaceSet>")
     for nic in inst.interfaces:
-        n = r.item(nics)
-        r.text(n, "networkInterfaceId", nic.id)
-        r.text(n, "subnetId", nic.network_id)
-        r.text(n, "vpcId", vpc)
-        r.text(n, "ownerId", inst.owner_id)
-        r.text(n, "status", "in-use")
-        r.text(n, "macAddress", nic.mac)
-        r.opt(n, "privateIpAddress", nic.ip)
-        r.text(n, "sourceDestCheck", True)
-        _groups(n, inst.security_groups)
-        att = r.node(n, "attachment")
-        r.text(att, "attachmentId", "eni-attach-" + nic.id.removeprefix("eni-"))
-        r.text(att, "deviceIndex", nic.device_index)
-        r.text(att, "status", "attached")
-        r.text(att, "attachTime", r.timestamp(inst.created_at))
-        r.text(att, "deleteOnTermination", True)
-    r.text(it, "ebsOptimized", False)
-    return it
+        out += [
+            "<item>",
+            m("networkInterfaceId", nic.id),
+            m("subnetId", nic.network_id),
+            m("vpcId", vpc),
+            m("ownerId", inst.owner_id),
+            "<status>in-use</status>",
+            m("macAddress", nic.mac),
+            m("privateIpAddress", nic.ip) if nic.ip else "",
+            "<sourceDestCheck>true</sourceDestCheck>",
+            groups,
+            "<attachment>",
+            m("attachmentId", "eni-attach-" + nic.id.removeprefix("eni-")),
+            m("deviceIndex", nic.device_index),
+            "<status>attached</status>",
+            m("attachTime", r.timestamp(inst.created_at)),
+            "<deleteOnTermination>true</deleteOnTermination></attachment></item>",
+        ]
+    out.append("</networkInterfaceSet><ebsOptimized>false</ebsOptimized></item>")
+    return r.parsed("".join(out))
 
 
 def render_reservations(call: Call, out: Element, items: Sequence[svc.InstanceView]) -> None:
