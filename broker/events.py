@@ -8,9 +8,9 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from broker import bulk
 from broker import model as m
 from broker.model import utcnow
 
@@ -42,8 +42,7 @@ async def record(conn: AsyncConnection, events: Iterable[EventRecord]) -> None:
         }
         for e in events
     ]
-    if rows:
-        await conn.execute(insert(m.Event), rows)
+    await bulk.insert_rows(conn, m.Event, rows)
 
 
 def transition(

@@ -25,7 +25,7 @@ from typing import Any, Final
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from broker import db, metrics
+from broker import bulk, db, metrics
 from broker import model as m
 from broker.errors import BrokerError, Unsupported
 from broker.events import EventRecord, record, transition
@@ -237,7 +237,8 @@ class Scheduler:
                 placed = [d for d in placed if d.instance_id not in refused]
                 waiting += [Decision(i, None, "waits: " + why) for i, why in refused.items()]
             if placed:
-                await conn.execute(
+                await bulk.execute_many(
+                    conn,
                     _PLACE,
                     [
                         {
@@ -265,7 +266,8 @@ class Scheduler:
                     ],
                 )
             if waiting:
-                await conn.execute(
+                await bulk.execute_many(
+                    conn,
                     _WAIT,
                     [
                         {
@@ -378,7 +380,7 @@ class Scheduler:
                             ref=p.ref,
                         )
                     )
-            await conn.execute(_LAUNCHED, rows)
+            await bulk.execute_many(conn, _LAUNCHED, rows)
             await record(conn, events)
 
     async def _act(self, work: Work) -> None:

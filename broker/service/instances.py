@@ -24,7 +24,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
-    insert,
     literal,
     null,
     or_,
@@ -37,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
-from broker import ids
+from broker import bulk, ids
 from broker import model as m
 from broker.auth import Caller, Ownership, authorize
 from broker.errors import BrokerError, InvalidRequest, InvalidState, NotFound
@@ -370,12 +369,12 @@ class _Batch:
 
     async def flush(self, conn: AsyncConnection) -> None:
         if self.instances:
-            await conn.execute(insert(m.Instance), self.instances)
+            await bulk.insert_rows(conn, m.Instance, self.instances)
         await self.leasing.write(conn)  # interfaces and leases: after their instances
         if self.groups:
-            await conn.execute(insert(m.InstanceSecurityGroup), self.groups)
+            await bulk.insert_rows(conn, m.InstanceSecurityGroup, self.groups)
         if self.tags:
-            await conn.execute(insert(m.Tag), self.tags)
+            await bulk.insert_rows(conn, m.Tag, self.tags)
         await record(conn, self.events)
 
 
@@ -446,7 +445,7 @@ async def _launch_in(
         count = req.max_count
     else:
         if batch.instances:  # what this batch admitted so far must count against the quota
-            await conn.execute(insert(m.Instance), batch.instances)
+            await bulk.insert_rows(conn, m.Instance, batch.instances)
             batch.instances.clear()
         count = await quotas.admit_instances(
             conn, caller, req.min_count, req.max_count, vcpus, memory_mb

@@ -22,7 +22,7 @@ from typing import Final
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from broker import ids
+from broker import bulk, ids
 from broker import model as m
 from broker.auth import Caller, require_admin
 from broker.errors import AlreadyExists, InvalidRequest, NotFound
@@ -201,8 +201,8 @@ class Leasing:
         transaction's leases only add to the addresses below it that are leased.
         """
         if self._nics:
-            await conn.execute(insert(m.NetworkInterface), self._nics)
-            await conn.execute(insert(m.Lease), self._leases)
+            await bulk.insert_rows(conn, m.NetworkInterface, self._nics)
+            await bulk.insert_rows(conn, m.Lease, self._leases)
         for nid, pool in sorted(self._pools.items()):
             offset = pool.free_from - pool.first
             if offset == pool.stored:
