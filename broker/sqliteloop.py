@@ -12,6 +12,10 @@ The loop never waits on a lock inside SQLite: the connection's ``busy_timeout`` 
 statement SQLite refuses as busy (another process, such as the CLI, holds the write lock) is
 tried again after an ``asyncio.sleep`` that lets the loop run, up to :data:`BUSY_WAIT` seconds,
 as ``busy_timeout`` would have waited. A busy statement did nothing, so trying it again is safe.
+The pauses are short (half a millisecond, doubling up to :data:`LONGEST_PAUSE`): the lock's usual
+holder is another of the broker's own processes (``serve`` and its EC2 workers) writing a batch
+in a few milliseconds, a pause long past its commit leaves this process idle with a batch of its
+own waiting, and a try costs microseconds.
 Only plain ``SQLITE_BUSY`` is retried: a snapshot conflict (``SQLITE_BUSY_SNAPSHOT``) can never
 succeed and is raised at once, as SQLite's own busy handler would.
 
@@ -37,6 +41,9 @@ T = TypeVar("T")
 
 #: how long a statement waits for another process's write lock (as ``busy_timeout`` did)
 BUSY_WAIT = 10.0
+#: the first and the longest pause between two tries of a statement refused as busy
+FIRST_PAUSE = 0.0005
+LONGEST_PAUSE = 0.005
 #: the least time between two checkpoints of the write-ahead log (commits between share one)
 CHECKPOINT_PAUSE = 0.25
 _SQLITE_BUSY = 5
@@ -55,7 +62,7 @@ async def _patiently(call: Callable[[], T]) -> T:
         if not _busy(exc):
             raise
     deadline = time.monotonic() + BUSY_WAIT
-    pause = 0.001
+    pause = FIRST_PAUSE
     while True:
         await asyncio.sleep(pause)
         try:
@@ -63,7 +70,7 @@ async def _patiently(call: Callable[[], T]) -> T:
         except sqlite3.OperationalError as exc:
             if not _busy(exc) or time.monotonic() >= deadline:
                 raise
-        pause = min(pause * 2, 0.05)
+        pause = min(pause * 2, LONGEST_PAUSE)
 
 
 class LoopCursor:
