@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from broker import db, plugins
+from broker import db, heap, plugins
 from broker.accounting import run_accounting
 from broker.config import Config, ListenerSection
 from broker.errors import BrokerError, ConfigError
@@ -179,10 +178,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             flush=True,
         )
         print(f"operator credential: {config.data_path / 'operator.json'}", flush=True)
-        # What starting made (modules, tables, compiled statements, plugins) lives as long
-        # as the process: out of the collector's sight, full collections under load skip it.
-        gc.collect()
-        gc.freeze()
+        heap.settle()
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -46,7 +45,7 @@ from aiohttp import web
 from yarl import URL
 
 from broker import config as config_mod
-from broker import metrics, plugins
+from broker import heap, metrics, plugins
 from broker.runtime import Runtime
 
 log = logging.getLogger("cloudbroker.workers")
@@ -357,8 +356,7 @@ async def run_worker(
         section = getattr(config, frontend)
         await web.SockSite(runner, listener, ssl_context=section.ssl_context()).start()
         log.info("%s worker serving (pid %d)", frontend, os.getpid())
-        gc.collect()
-        gc.freeze()
+        heap.settle()
         await stop.wait()
     finally:
         if runner is not None:
