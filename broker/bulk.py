@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import ColumnDefault, Table, insert
 from sqlalchemy.engine import Dialect
@@ -57,6 +57,7 @@ class _Plan:
 
 # (id of the statement, dialect name, row keys) -> (the statement, kept alive so its id stays
 # its own, and its plan)
+MAX_PLANS: Final = 256
 _PLANS: dict[tuple[int, str, tuple[str, ...]], tuple[Insert | Update, _Plan]] = {}
 _INSERTS: dict[str, Insert] = {}
 
@@ -132,6 +133,8 @@ async def execute_many(
     cache_key = (id(stmt), conn.dialect.name, keys)
     found = _PLANS.get(cache_key)
     if found is None or found[0] is not stmt:
+        if len(_PLANS) >= MAX_PLANS:  # statements built per call, against the advice: bounded
+            _PLANS.clear()
         found = _PLANS[cache_key] = (stmt, _plan(stmt, conn.dialect, keys))
     plan = found[1]
     await conn.exec_driver_sql(plan.sql, plan.parameters(rows))
