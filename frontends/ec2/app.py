@@ -184,7 +184,7 @@ async def handle(request: web.Request) -> web.Response:
             request.app[FRAGMENTS],
             request.app[DEFAULT_GROUPS],
         )
-        await handler(call, root)
+        whole = await handler(call, root)
     except (BrokerError, Exception) as exc:
         status, code, message = classify(exc)
         if status >= 500 and not isinstance(exc, BrokerError):
@@ -197,7 +197,7 @@ async def handle(request: web.Request) -> web.Response:
             content_type="text/xml",
             headers={"x-amzn-RequestId": request_id},
         )
-    body = render.serialize(root)
+    body = render.serialize(root) if whole is None else whole
     if asked is not None:
         kept.keep(asked, db_version, body, request_id)
     return _answer(body, request_id)

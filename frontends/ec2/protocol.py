@@ -299,5 +299,6 @@ class Call:
             raise dry_run_error()
 
 
-#: An action handler: reads the call, appends its answer to the reply's root element.
-Handler = Callable[[Call, Element], Awaitable[None]]
+#: An action handler: reads the call, appends its answer to the reply's root element, or
+#: returns the whole reply itself (as bytes, for an answer written as text in one go).
+Handler = Callable[[Call, Element], Awaitable[bytes | None]]

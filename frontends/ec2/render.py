@@ -17,7 +17,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, TypeAlias
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
@@ -78,6 +78,21 @@ _PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, huge_t
 def parsed(text: str) -> Element:
     """The element that ``text``, written with :func:`markup`, describes."""
     return etree.fromstring(text, _PARSER)
+
+
+_DECLARATION: Final = b"<?xml version='1.0' encoding='UTF-8'?>\n"
+
+
+def document(action: str, version: str, request_id: str, body: str) -> bytes:
+    """The ``<ActionResponse>`` with its ``requestId`` around ``body`` (written with
+    :func:`markup`), byte for byte as :func:`serialize` writes the same tree: lxml reads it
+    first, and what is not well-formed raises instead of being sent."""
+    text = (
+        f"<{action}Response xmlns={quoteattr(namespace(version))}>"
+        f"{markup('requestId', request_id)}{body}</{action}Response>"
+    )
+    etree.fromstring(text, _PARSER)
+    return _DECLARATION + text.encode()
 
 
 def opt(parent: Element, tag: str, value: str | int | None) -> None:

@@ -50,21 +50,22 @@ def _group_set(groups: Sequence[tuple[str, str]]) -> str:
     return f"<groupSet>{items}</groupSet>"
 
 
-def render_instance(call: Call, box: Element, inst: svc.InstanceView, *, keep: bool = True) -> None:
-    """Append ``inst``'s ``<item>``, rendered anew only when it reads differently than before.
-
-    ``keep=False`` renders without keeping the result (a launch's answer: the pending
-    instance reads differently by the time anyone describes it).
-    """
+def render_instance(call: Call, box: Element, inst: svc.InstanceView) -> None:
+    """Append ``inst``'s ``<item>``, rendered anew only when it reads differently than before."""
     region = call.rt.config.broker.region
     build = functools.partial(_instance_item, region, inst)
-    if call.fragments is None or not keep:
+    if call.fragments is None:
         box.append(build())
     else:
         call.fragments.append(box, inst.id, (region, inst), build)
 
 
 def _instance_item(region: str, inst: svc.InstanceView) -> Element:
+    return r.parsed(_instance_markup(region, inst))
+
+
+def _instance_markup(region: str, inst: svc.InstanceView) -> str:
+    """An instance's ``<item>`` as text (see :func:`frontends.ec2.render.markup`)."""
     m = r.markup
     vpc = vpc_id(region)
     name, code = ec2_state(inst.state)
@@ -130,7 +131,7 @@ def _instance_item(region: str, inst: svc.InstanceView) -> Element:
             "<deleteOnTermination>true</deleteOnTermination></attachment></item>",
         ]
     out.append("</networkInterfaceSet><ebsOptimized>false</ebsOptimized></item>")
-    return r.parsed("".join(out))
+    return "".join(out)
 
 
 def render_reservations(call: Call, out: Element, items: Sequence[svc.InstanceView]) -> None:
@@ -275,7 +276,7 @@ def launch_request(params: Params) -> svc.LaunchRequest:
 # --- handlers ----------------------------------------------------------------------------------
 
 
-async def run_instances(call: Call, out: Element) -> None:
+async def run_instances(call: Call, _out: Element) -> bytes:
     req = launch_request(call.params)
     if call.dry_run:
         await image_svc.get(call.rt, call.caller, req.image_id)
@@ -292,13 +293,18 @@ async def run_instances(call: Call, out: Element) -> None:
     elif sg_svc.DEFAULT in req.security_group_names:
         await sg_svc.ensure_default(call.rt, call.caller)
     launched = await svc.launch(call.rt, call.caller, req)
+    # written as text in one go: the pending instances read differently by the time anyone
+    # describes them, so nothing of this answer is kept
+    region = call.rt.config.broker.region
     first = launched[0]
-    r.text(out, "reservationId", first.reservation_id)
-    r.text(out, "ownerId", first.owner_id)
-    r.node(out, "groupSet")
-    box = r.node(out, "instancesSet")
-    for inst in launched:
-        render_instance(call, box, inst, keep=False)
+    body = [
+        r.markup("reservationId", first.reservation_id),
+        r.markup("ownerId", first.owner_id),
+        "<groupSet/><instancesSet>",
+        *(_instance_markup(region, inst) for inst in launched),
+        "</instancesSet>",
+    ]
+    return r.document(call.action, call.version, call.request_id, "".join(body))
 
 
 async def _page(

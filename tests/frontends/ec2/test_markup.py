@@ -129,3 +129,23 @@ def test_an_instance_item_leaves_out_what_it_does_not_know() -> None:
     assert item.findtext("launchTime") == "2026-11-26T13:48:21.177Z"
     assert item.findtext("instanceState/name") == "pending"
     assert len(item.find("networkInterfaceSet")) == 0
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_document_is_what_serialising_the_same_tree_writes(value: str) -> None:
+    root = r.envelope("RunInstances", "2016-11-15", "req-1")
+    r.text(root, "reservationId", value)
+    r.node(root, "groupSet")
+    written = r.document(
+        "RunInstances", "2016-11-15", "req-1", r.markup("reservationId", value) + "<groupSet/>"
+    )
+    if value:
+        assert written == r.serialize(root)
+    else:  # an empty text is <x></x> from lxml's tree, <x/> from text: the same element
+        c14n = etree.tostring(etree.fromstring(written), method="c14n")
+        assert c14n == etree.tostring(root, method="c14n")
+
+
+def test_a_document_that_is_not_well_formed_is_refused() -> None:
+    with pytest.raises(etree.XMLSyntaxError):
+        r.document("RunInstances", "2016-11-15", "req-1", "<reservationId>x</ownerId>")
