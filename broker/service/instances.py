@@ -284,7 +284,10 @@ class _Launches:
     async def _write(self, asks: list[_Ask]) -> None:
         done: list[tuple[_Ask, list[InstanceView] | BrokerError]] = []
         async with self._rt.engine.begin() as conn:
-            batch = _Batch(limited=await _limited(conn, [a.caller for a in asks]))
+            batch = _Batch(
+                limited=await _limited(conn, [a.caller for a in asks]),
+                leasing=networks.Leasing(expected=sum(a.req.max_count for a in asks)),
+            )
             # a consistent lock order (groups, then users) across concurrent transactions
             for ask in sorted(asks, key=lambda a: (a.caller.group_id, a.caller.user_id)):
                 try:

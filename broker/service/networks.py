@@ -163,6 +163,7 @@ class _Pool:
     used: set[int]  # addresses known to be leased: read, or taken in this transaction
     known_to: int  # each address from free_from up to (not including) this is in used or free
     complete: bool  # used holds every lease of the network (read them all)
+    window: int = WINDOW  # candidates the next look-up reads (it doubles after each)
 
     def advance(self) -> None:
         while self.free_from in self.used:
@@ -173,12 +174,16 @@ class Leasing:
     """The address leases of one transaction, written together by :meth:`write`.
 
     The first plan on a network locks its row (PostgreSQL) and reads ``free_from``; plans then
-    read only windows of candidates above it, and remember what they read and took, since
-    nothing else writes the network's leases until the transaction ends. A network whose
+    read only windows of candidates above it (each twice the one before, the first as large
+    as the addresses the transaction expects to take), and remember what they read and took,
+    since nothing else writes the network's leases until the transaction ends. A network whose
     ``free_from`` is NULL (not known yet) has all its leases read once instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int = 0) -> None:
+        #: addresses the transaction is expected to take: its first look-up on a network reads
+        #: that many candidates at least, so a batch of launches reads once
+        self.expected = expected
         self._pools: dict[str, _Pool] = {}
         self._nics: list[dict[str, object]] = []
         self._leases: list[dict[str, object]] = []
@@ -187,6 +192,7 @@ class Leasing:
         found = self._pools.get(net.id)
         if found is None:
             found = self._pools[net.id] = await _load(conn, net)
+            found.window = max(WINDOW, self.expected)
         return found
 
     def add(self, plan: PlannedInterfaces) -> None:
@@ -239,15 +245,15 @@ async def _lowest_free(conn: AsyncConnection, nid: str, pool: _Pool, count: int)
     """Up to ``count`` free addresses of the range, lowest first, reading windows as needed."""
     chosen: list[int] = []
     candidate = pool.free_from
-    window = max(WINDOW, 2 * count)
+    pool.window = max(pool.window, 2 * count)
     while len(chosen) < count and candidate <= pool.last:
         if candidate >= pool.known_to:
-            end = min(pool.last + 1, candidate + window)
+            end = min(pool.last + 1, candidate + pool.window)
             ips = [_as_text(n, pool.version) for n in range(candidate, end)]
             found = await conn.scalars(_LEASED_AMONG, {"net": nid, "ips": ips})
             pool.used.update(_as_int(ip) for ip in found)
             pool.known_to = end
-            window = min(2 * window, MAX_WINDOW)
+            pool.window = min(2 * pool.window, MAX_WINDOW)
         if candidate not in pool.used:
             chosen.append(candidate)
         candidate += 1

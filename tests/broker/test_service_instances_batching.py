@@ -6,18 +6,21 @@ to a thread that waits."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sqlite3
 import threading
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from broker import model as m
+from broker.auth import SYSTEM
 from broker.errors import NotFound, QuotaExceeded
 from broker.runtime import Runtime
-from broker.service import instances, quotas, tags
+from broker.service import instances, networks, quotas, tags
 from broker.service.instances import InstanceFilter, LaunchRequest
 from tests.broker.test_service_instances import setup_world
 from tests.conftest import Tenants
@@ -115,3 +118,25 @@ async def test_describe_by_ids_one_or_many(rt: Runtime, tenants: Tenants, count:
     assert [i.id for i in page.items] == sorted(rids)
     assert all(i.tags == {"k": "v"} and len(i.security_groups) == 0 for i in page.items)
     assert (await instances.describe(rt, tenants.bob, InstanceFilter(ids=rids))).items == []
+
+
+async def test_a_batch_reads_the_leases_it_may_take_once(rt: Runtime, tenants: Tenants) -> None:
+    ami = await setup_world(rt)
+    net = await networks.create(rt, SYSTEM, name="batched", cidr="10.70.0.0/24")
+    req = LaunchRequest(ami, "t3.micro", network_id=net.id)
+    reads: list[str] = []
+
+    def on_execute(*args: Any) -> None:
+        if "FROM leases" in str(args[2]):
+            reads.append(str(args[2]))
+
+    engine = rt.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        # launches arriving together are one transaction
+        got = await asyncio.gather(*[instances.launch(rt, tenants.alice, req) for _ in range(41)])
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+    ips = sorted(int(ipaddress.ip_address(g[0].private_ip or "")) for g in got)
+    assert len(set(ips)) == 41 and ips[-1] - ips[0] == 40  # the lowest free, none twice
+    assert len(reads) == 1, reads  # one look-up, sized for the transaction's launches
