@@ -1,12 +1,15 @@
 """Decides how replies look on the wire: the EC2 XML envelope, lists, times and errors.
 
-Every reply is built once with lxml in the namespace ``http://ec2.amazonaws.com/doc/VERSION/``
-(the client's own Version), with ``requestId`` first. Lists are ``<item>`` elements, booleans
-``true``/``false``, times ISO 8601 UTC with milliseconds. Untrusted text reaches XML only through
-lxml, which escapes it (and refuses control characters, which we drop first). The one subtree
-rendered often enough for lxml's element-at-a-time building to show (an instance's ``<item>``, some
-fifty elements) is written as text by :func:`markup`, which escapes with the standard library, and
-read back by lxml (:func:`parsed`), which refuses anything that is not well-formed.
+Every reply is in the namespace ``http://ec2.amazonaws.com/doc/VERSION/`` (the client's own
+Version), with ``requestId`` first. Lists are ``<item>`` elements, booleans ``true``/``false``,
+times ISO 8601 UTC with milliseconds. Replies are built with lxml, which escapes untrusted text
+(and refuses control characters, which we drop first), except where building a tree an element
+at a time shows in a request's cost: an instance's ``<item>`` (some fifty elements) and the
+RunInstances reply around it are written as text by :func:`markup`, which drops the same
+characters and escapes with the standard library. Tests hold it to what lxml writes for the same
+values, hostile ones included. An item is read back into lxml (:func:`parsed`) where a reply
+keeps it in a tree (describes, whose items are reused while unchanged); a RunInstances reply,
+which nothing keeps, is sent as written (:func:`document`).
 """
 
 from __future__ import annotations
@@ -85,13 +88,11 @@ _DECLARATION: Final = b"<?xml version='1.0' encoding='UTF-8'?>\n"
 
 def document(action: str, version: str, request_id: str, body: str) -> bytes:
     """The ``<ActionResponse>`` with its ``requestId`` around ``body`` (written with
-    :func:`markup`), byte for byte as :func:`serialize` writes the same tree: lxml reads it
-    first, and what is not well-formed raises instead of being sent."""
+    :func:`markup`), byte for byte as :func:`serialize` writes the same tree."""
     text = (
         f"<{action}Response xmlns={quoteattr(namespace(version))}>"
         f"{markup('requestId', request_id)}{body}</{action}Response>"
     )
-    etree.fromstring(text, _PARSER)
     return _DECLARATION + text.encode()
 
 

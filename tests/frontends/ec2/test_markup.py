@@ -12,7 +12,7 @@ from lxml import etree
 from broker.service.instances import InstanceView, InterfaceView
 from broker.states import State
 from frontends.ec2 import render as r
-from frontends.ec2.actions.instances import _instance_item
+from frontends.ec2.actions.instances import _instance_item, _instance_markup
 
 HOSTILE = [
     "plain",
@@ -146,6 +146,13 @@ def test_a_document_is_what_serialising_the_same_tree_writes(value: str) -> None
         assert c14n == etree.tostring(root, method="c14n")
 
 
-def test_a_document_that_is_not_well_formed_is_refused() -> None:
-    with pytest.raises(etree.XMLSyntaxError):
-        r.document("RunInstances", "2016-11-15", "req-1", "<reservationId>x</ownerId>")
+def test_a_launch_answer_reads_back_with_hostile_values_as_text() -> None:
+    for value in HOSTILE:
+        inst = _instance(key_name=value or None, tags={"k": value}, hostname=value)
+        body = f"<instancesSet>{_instance_markup('region-1', inst)}</instancesSet>"
+        doc = etree.fromstring(r.document("RunInstances", "2016-11-15", "req-1", body))
+        clean = value if value.isprintable() else "control  chars"
+        (item,) = doc.findall("{*}instancesSet/{*}item")
+        assert (item.findtext("{*}privateDnsName") or "") == clean
+        assert (item.findtext("{*}tagSet/{*}item/{*}value") or "") == clean
+        assert len(doc) == 2  # requestId and instancesSet: no value added an element
