@@ -34,10 +34,24 @@ def namespace(version: str) -> str:
     return f"http://ec2.amazonaws.com/doc/{version}/"
 
 
+#: envelopes made before, by action and version, copied for each reply (a copy costs a quarter
+#: of making one: lxml registers the namespace anew for a new root)
+_ENVELOPES: dict[tuple[str, str], Element] = {}
+_MAX_ENVELOPES: Final = 512
+
+
 def envelope(action: str, version: str, request_id: str) -> Element:
     """The ``<ActionResponse>`` root with its ``requestId``."""
-    root = etree.Element(f"{action}Response", nsmap={None: namespace(version)})
-    text(root, "requestId", request_id)
+    made = _ENVELOPES.get((action, version))
+    if made is None:
+        if len(_ENVELOPES) >= _MAX_ENVELOPES:  # versions are the client's: keep a few
+            _ENVELOPES.clear()
+        made = _ENVELOPES[action, version] = etree.Element(
+            f"{action}Response", nsmap={None: namespace(version)}
+        )
+        text(made, "requestId", "")
+    root: Element = made.__copy__()
+    root[0].text = _clean(request_id)
     return root
 
 
