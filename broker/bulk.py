@@ -55,9 +55,10 @@ class _Plan:
         return out
 
 
+#: plans kept at most (statements are module constants, so far fewer in practice)
+MAX_PLANS: Final = 256
 # (id of the statement, dialect name, row keys) -> (the statement, kept alive so its id stays
 # its own, and its plan)
-MAX_PLANS: Final = 256
 _PLANS: dict[tuple[int, str, tuple[str, ...]], tuple[Insert | Update, _Plan]] = {}
 _INSERTS: dict[str, Insert] = {}
 
