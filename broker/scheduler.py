@@ -20,7 +20,7 @@ import functools
 import itertools
 import logging
 import time
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -49,6 +49,7 @@ from broker.states import Action, State, can_move
 from broker.volumework import VolumeWorker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: intent -> (state on success when the backend reports nothing, state to fall back to on failure)
 AFTER: dict[Action, tuple[State, State | None]] = {
@@ -66,6 +67,11 @@ LAUNCH_TIMEOUT = 300.0
 ACTION_TIMEOUT = 180.0
 WAKE_GAP = 0.05  # seconds at least from one woken cycle's start to the next
 BUDGET_SAMPLE = 20  # waiting decisions explained per cycle to notice a burst budget reached
+#: decisions written in one transaction, and the pause between two (seconds): a cycle of 500
+#: held SQLite's write lock for 10 to 20 ms at a time, while an EC2 worker's batch of launches
+#: (clients waiting on the other end) waited for it
+PLACE_CHUNK = 32
+CHUNK_GAP = 0.001
 
 
 # what a cycle runs, built once (building a statement costs more than running it for a cycle's
@@ -226,58 +232,53 @@ class Scheduler:
             # a target refused for its budget is refused to every waiting request that would
             # fit it, so a sample finds it without explaining the whole batch
             budget = budget_events(waiting[:BUDGET_SAMPLE], targets, self._budget_reported)
-        async with self.rt.engine.begin() as conn:
-            await record(conn, budget)
-            kinds = {t.id: t.kind for t in targets}
-            bursts = {d.instance_id for d in placed if kinds.get(d.target_id or "") != "host"}
-            if bursts:  # a burst also spends: the owner's and group's spend quotas decide
-                refused = await quotas.spend_refusals(
-                    conn, [r for r in requests if r.instance_id in bursts]
-                )
-                placed = [d for d in placed if d.instance_id not in refused]
-                waiting += [Decision(i, None, "waits: " + why) for i, why in refused.items()]
-            if placed:
-                await bulk.execute_many(
-                    conn,
-                    _PLACE,
-                    [
-                        {
-                            "b_id": d.instance_id,
-                            "b_target": d.target_id,
-                            "b_intent_at": now,
-                            "b_updated_at": now,
-                            "b_expl": _explain(d, at),
-                        }
-                        for d in placed
-                    ],
-                )
-                await record(
-                    conn,
-                    [
-                        transition(
-                            d.instance_id,
-                            "pending",
-                            "prolog",
-                            "scheduler",
-                            d.reason,
-                            target=d.target_id,
-                        )
-                        for d in placed
-                    ],
-                )
-            if waiting:
-                await bulk.execute_many(
-                    conn,
-                    _WAIT,
-                    [
-                        {
-                            "b_id": d.instance_id,
-                            "b_reason": d.reason[:500],
-                            "b_expl": _explain(d, at),
-                        }
-                        for d in waiting
-                    ],
-                )
+        kinds = {t.id: t.kind for t in targets}
+        asked = {r.instance_id: r for r in requests}
+        # rows made before the write lock is taken, which is held for the writes alone
+        rows = [
+            (
+                d,
+                {
+                    "b_id": d.instance_id,
+                    "b_target": d.target_id,
+                    "b_intent_at": now,
+                    "b_updated_at": now,
+                    "b_expl": _explain(d, at),
+                },
+                transition(
+                    d.instance_id, "pending", "prolog", "scheduler", d.reason, target=d.target_id
+                ),
+            )
+            for d in placed
+        ]
+        waits = [_waits(d, at) for d in waiting]
+        placing, holding = _chunks(rows), _chunks(waits)
+        for number in range(max(len(placing), len(holding), 1)):
+            chunk = placing[number] if number < len(placing) else []
+            wait_rows = holding[number] if number < len(holding) else []
+            if number:
+                # the lock is let go between chunks: a launch being answered elsewhere waits
+                # for one chunk's writes, not for a whole cycle's
+                await asyncio.sleep(CHUNK_GAP)
+            async with self.rt.engine.begin() as conn:
+                if not number:
+                    await record(conn, budget)
+                bursts = [
+                    asked[d.instance_id]
+                    for d, _, _ in chunk
+                    if kinds.get(d.target_id or "") != "host"
+                ]
+                refused = await quotas.spend_refusals(conn, bursts) if bursts else {}
+                # a burst also spends: the owner's and group's spend quotas decide
+                wait_rows += [
+                    _waits(Decision(i, None, "waits: " + why), at) for i, why in refused.items()
+                ]
+                kept = [(row, event) for d, row, event in chunk if d.instance_id not in refused]
+                if kept:
+                    await bulk.execute_many(conn, _PLACE, [row for row, _ in kept])
+                    await record(conn, [event for _, event in kept])
+                if wait_rows:
+                    await bulk.execute_many(conn, _WAIT, wait_rows)
         return decisions
 
     async def _refresh_policy(self, conn: AsyncConnection) -> None:
@@ -305,9 +306,7 @@ class Scheduler:
             launching = [r[0] for r in fresh if r[2] == Action.LAUNCH.value and r[8] is not None]
             specs = await launch_specs(conn, launching, self.policy.target_settings)
         for row in fresh:
-            work = Work(
-                row[0], Action(str(row[2])), row[3], State(row[4]), str(row[1]), *row[5:8]
-            )
+            work = Work(row[0], Action(str(row[2])), row[3], State(row[4]), str(row[1]), *row[5:8])
             task = asyncio.create_task(self._carry_out(work, specs.get(work.instance_id)))
             self._inflight[work.instance_id] = task
             task.add_done_callback(functools.partial(self._done, work.instance_id))
@@ -538,6 +537,15 @@ def _result(intent: Action, seen: Observed | None) -> State:
 
 
 EXPLAIN_TARGETS = 50
+
+
+def _chunks(rows: list[T]) -> list[list[T]]:
+    return [rows[i : i + PLACE_CHUNK] for i in range(0, len(rows), PLACE_CHUNK)]
+
+
+def _waits(d: Decision, at: str) -> dict[str, Any]:
+    """The row of a decision that leaves its instance waiting, for :data:`_WAIT`."""
+    return {"b_id": d.instance_id, "b_reason": d.reason[:500], "b_expl": _explain(d, at)}
 
 
 def _explain(d: Decision, at: str) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
 from broker import model as m
+from broker import scheduler as scheduler_module
 from broker.auth import SYSTEM, Caller
 from broker.monitor import Monitor
 from broker.protocols import LaunchSpec, Placement
@@ -154,6 +155,30 @@ async def test_a_cycle_runs_the_same_statements_for_any_number_of_launches(
     assert placing == ["SELECT"] * 4 + ["UPDATE", "INSERT"]
     # dispatch: the work, its launches' own columns, then interfaces, groups and tags
     assert dispatching == ["SELECT"] * 5
+
+
+async def test_a_cycle_writes_its_placements_a_chunk_per_transaction(
+    world: tuple[Runtime, Caller, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big cycle lets go of SQLite's write lock between chunks (an EC2 worker's launches
+    wait for one chunk, not a whole cycle); every decision is still written, with its event."""
+    rt, alice, image = world
+    monkeypatch.setattr(scheduler_module, "PLACE_CHUNK", 4)
+    rids = await launch(rt, alice, image, 10)
+    sched = Scheduler(rt, DefaultPolicy())
+    with statements(rt) as placing:
+        decisions = await sched.place()
+    assert sorted(d.instance_id for d in decisions if d.target_id) == sorted(rids)
+    # three transactions of 4, 4 and 2: an UPDATE and its events' INSERT each
+    assert placing == ["SELECT"] * 4 + ["UPDATE", "INSERT"] * 3
+    async with rt.engine.connect() as conn:
+        states = (await conn.execute(select(m.Instance.state).where(m.Instance.id.in_(rids)))).all()
+        moves = await conn.scalar(
+            select(func.count())
+            .select_from(m.Event)
+            .where(m.Event.resource_id.in_(rids), m.Event.to_state == "prolog")
+        )
+    assert [s for (s,) in states] == ["prolog"] * 10 and moves == 10
 
 
 async def test_launches_in_flight_are_not_read_again(world: tuple[Runtime, Caller, str]) -> None:
