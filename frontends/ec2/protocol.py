@@ -119,14 +119,6 @@ def _index(text: str, name: str) -> int:
     return int(text)
 
 
-def _split(name: str, prefix: str) -> tuple[int, str] | None:
-    """``Foo.3.Bar`` under ``Foo`` -> (3, "Bar"); ``Foo.3`` -> (3, ""); others None."""
-    if not name.startswith(prefix) or name[len(prefix) : len(prefix) + 1] != ".":
-        return None
-    head, _, rest = name[len(prefix) + 1 :].partition(".")
-    return _index(head, name), rest
-
-
 class Params(Mapping[str, str]):
     """The decoded parameters of one request, with readers for EC2's flattened shapes."""
 
@@ -185,10 +177,11 @@ class Params(Mapping[str, str]):
     def members(self, prefix: str) -> list[tuple[int, dict[str, str]]]:
         """``Prefix.N.Sub`` grouped by N in order: [(N, {"Sub": value, "": value of Prefix.N})]."""
         groups: dict[int, dict[str, str]] = {}
+        dotted = prefix + "."
         for name, value in self._data.items():
-            found = _split(name, prefix)
-            if found is not None:
-                groups.setdefault(found[0], {})[found[1]] = value
+            if name.startswith(dotted):  # Prefix.N or Prefix.N.Sub
+                head, _, rest = name[len(dotted) :].partition(".")
+                groups.setdefault(_index(head, name), {})[rest] = value
         if len(groups) > MAX_MEMBERS:
             raise invalid(prefix, f"{len(groups)} members", f"at most {MAX_MEMBERS} are allowed")
         return sorted(groups.items())

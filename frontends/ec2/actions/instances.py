@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from broker.errors import InvalidRequest, NotFound, Unsupported
@@ -230,7 +230,12 @@ def _check_block_devices(params: Params) -> None:
         raise Unsupported("Block device mappings are not supported; the image defines the disks.")
 
 
-def launch_request(params: Params) -> svc.LaunchRequest:
+async def launch_request(
+    params: Params, default_group: Callable[[], Awaitable[str | None]]
+) -> svc.LaunchRequest:
+    """The launch ``params`` ask for, or EC2's error for the first thing wrong in them. Without
+    security groups, the instance goes in the caller's default group, as on EC2: looked up
+    (``default_group``, None to leave the groups empty) once everything was checked."""
     image_id = params.required("ImageId")
     flavor = params.required("InstanceType")
     low = params.integer("MinCount", 1, svc.MAX_COUNT)
@@ -252,6 +257,11 @@ def launch_request(params: Params) -> svc.LaunchRequest:
     user_data = params.base64("UserData")
     if user_data is not None and len(user_data) > svc.MAX_USER_DATA:
         raise invalid("UserData", "<data>", f"it is limited to {svc.MAX_USER_DATA} bytes")
+    group_ids = tuple(params.listing("SecurityGroupId"))
+    group_names = tuple(params.listing("SecurityGroup"))
+    if not group_ids and not group_names:
+        found = await default_group()
+        group_ids = (found,) if found is not None else ()
     return svc.LaunchRequest(
         image_id=image_id,
         flavor=flavor,
@@ -259,8 +269,8 @@ def launch_request(params: Params) -> svc.LaunchRequest:
         max_count=high,
         key_name=params.text("KeyName") or None,
         user_data=user_data,
-        security_group_ids=tuple(params.listing("SecurityGroupId")),
-        security_group_names=tuple(params.listing("SecurityGroup")),
+        security_group_ids=group_ids,
+        security_group_names=group_names,
         zone=params.text("Placement.AvailabilityZone") or None,
         network_id=subnet,
         private_ip=params.text("PrivateIpAddress") or None,
@@ -277,20 +287,20 @@ def launch_request(params: Params) -> svc.LaunchRequest:
 
 
 async def run_instances(call: Call, _out: Element) -> bytes:
-    req = launch_request(call.params)
+    async def default() -> str | None:
+        if call.dry_run:  # changes nothing, and may be the first call to need the group
+            return None
+        if call.default_groups is not None:
+            return await call.default_groups.get(call.rt, call.caller)
+        return await default_group(call.rt, call.caller)
+
+    req = await launch_request(call.params, default)
     if call.dry_run:
         await image_svc.get(call.rt, call.caller, req.image_id)
         if not await flavors.describe(call.rt, (req.flavor,)):
             raise invalid("InstanceType", req.flavor, "the instance type does not exist")
         call.check_dry_run()
-    if not req.security_group_ids and not req.security_group_names:
-        # EC2 puts an instance launched without groups into the caller's default group
-        if call.default_groups is not None:
-            gid = await call.default_groups.get(call.rt, call.caller)
-        else:
-            gid = await default_group(call.rt, call.caller)
-        req = dataclasses.replace(req, security_group_ids=(gid,))
-    elif sg_svc.DEFAULT in req.security_group_names:
+    if sg_svc.DEFAULT in req.security_group_names:
         await sg_svc.ensure_default(call.rt, call.caller)
     launched = await svc.launch(call.rt, call.caller, req)
     # written as text in one go: the pending instances read differently by the time anyone
