@@ -24,9 +24,12 @@ most 3), from three rounds that alternate the two (``describe_one_against_bare_r
 boto3's end-to-end latency (one client, one request at a time) is shown beside for each call and
 server.
 
-cloudbroker answers RunInstances once the instance is recorded, as EC2 does, and places and
-starts it after; moto records it before it answers. ``rps`` counts answers; for cloudbroker the
-run ends when every instance answered in it has been started on the simulated host, and
+RunInstances runs in ``--run-rounds`` (3) rounds that share ``--run-seconds`` against each
+server in turn (ours, moto, ours...; :func:`run_rounds`), and its figures pool them, so a change
+in the machine's speed falls on both (``run_one_rounds_rps`` shows each round). cloudbroker
+answers RunInstances once the instance is recorded, as EC2 does, and places and starts it
+after; moto records it before it answers. ``rps`` counts answers; for cloudbroker a round ends
+when every instance answered in it has been started on the simulated host, and
 ``run_one_started_per_s`` is the launches per second of that whole (``run_one_started_vs_moto``
 against moto's rate): what the broker keeps up with, where the answers alone could outrun
 placement for a while.
@@ -50,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -78,12 +82,12 @@ FORM = "application/x-www-form-urlencoded; charset=utf-8"
 OURS_REGION = "cloudbroker-1"
 MOTO_REGION = "us-east-1"
 #: a simulated host large enough for every instance the bench launches (libvirt test driver):
-#: 8,192 t3.nano (2 vCPUs, 512 MiB each), so a launch measured is a launch started, never one
+#: 32,768 t3.nano (2 vCPUs, 512 MiB each), so a launch measured is a launch started, never one
 #: left waiting for room (``run_one_waiting_after`` counts those)
 BIG_NODE = """<node>
-  <cpu><mhz>2000</mhz><model>x86_64</model><active>16384</active><nodes>1</nodes>
-       <sockets>1</sockets><cores>16384</cores><threads>1</threads></cpu>
-  <memory>8589934592</memory>
+  <cpu><mhz>2000</mhz><model>x86_64</model><active>65536</active><nodes>1</nodes>
+       <sockets>1</sockets><cores>65536</cores><threads>1</threads></cpu>
+  <memory>17179869184</memory>
 </node>
 """
 
@@ -420,8 +424,9 @@ def measure(
     one_id: str,
     args: argparse.Namespace,
     pid: int | None = None,
-    db: Path | None = None,
 ) -> dict[str, Any]:
+    """describe_all, describe_one and boto3's figures against one server (RunInstances is
+    measured by :func:`run_rounds`, against both servers in turn)."""
     key, secret = creds
 
     def spied(op: str) -> contextlib.AbstractContextManager[None]:
@@ -443,22 +448,6 @@ def measure(
         out["describe_all"] = load(port, all_req, args.workers, args.seconds)
     with spied("describe_one"):
         out["describe_one"] = load(port, one_req, args.workers, args.seconds)
-    with spied("run_one"):
-        run_req = raw({"Action": "RunInstances", **launch})
-        used = cpu_seconds(pid) if pid else None
-        out["run_one"] = load(port, run_req, args.run_workers, args.run_seconds)
-    run = out["run_one"]
-    if db is not None:
-        # the launches answered are still being placed and started: the run ends when the
-        # last of them is (moto records an instance before it answers)
-        after = started(db)
-        run["waiting"] = waiting(db)
-        run["started_per_s"] = round(run["requests"] / (run["requests"] / run["rps"] + after), 3)
-    else:
-        time.sleep(2.0)
-    if used is not None and pid:
-        spent = cpu_seconds(pid) - used
-        run["cpu_ms_per_launch"] = round(spent / run["requests"] * 1e3, 2)
     out["boto3_ms"] = {
         "describe_one": boto3_ms(lambda: ec2.describe_instances(InstanceIds=[one_id]), 30),
         "describe_all": boto3_ms(lambda: ec2.describe_instances(MaxResults=1000), 3),
@@ -469,6 +458,67 @@ def measure(
     out["describe_one_body"] = one_body
     print(f"{name}: {json.dumps({k: v for k, v in out.items() if k != 'describe_one_body'})}")
     return out
+
+
+@dataclasses.dataclass
+class Side:
+    """One server as :func:`run_rounds` drives it: ``db`` is cloudbroker's, None for moto."""
+
+    name: str
+    port: int
+    request: bytes
+    pid: int
+    db: Path | None = None
+    rounds: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+def run_rounds(sides: list[Side], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """RunInstances against each server in turn, ``--run-rounds`` times (ours, moto, ours...),
+    ``--run-seconds`` in all for each, so a change in the machine's speed during the run falls
+    on both (one round of each moved the ratio by a fifth to a third from run to run). The
+    seconds in all stay what one round had, so each server holds as many instances by the end
+    as before. A round of cloudbroker's ends when every launch it
+    answered is started (the next round starts with nothing left to place); moto's two seconds
+    after its last answer. Each figure pools the rounds: launches over the seconds of load."""
+    for number in range(args.run_rounds):
+        for side in sides:
+            out = args.profile / f"{side.name}-run_one-{number}.txt" if args.profile else None
+            used = cpu_seconds(side.pid)
+            with profiled(side.pid, out):
+                got = load(
+                    side.port, side.request, args.run_workers, args.run_seconds / args.run_rounds
+                )
+            seconds = got["requests"] / got["rps"]
+            after = started(side.db) if side.db is not None else 0.0
+            if side.db is None:
+                time.sleep(2.0)
+            side.rounds.append(
+                {
+                    "requests": got["requests"],
+                    "seconds": seconds,
+                    "until_started": after,
+                    "cpu": cpu_seconds(side.pid) - used,
+                }
+            )
+    results = {}
+    for side in sides:
+        launches = sum(r["requests"] for r in side.rounds)
+        seconds = sum(r["seconds"] for r in side.rounds)
+        run: dict[str, Any] = {
+            "rps": round(launches / seconds, 3),
+            "requests": launches,
+            "rounds_rps": [round(r["requests"] / r["seconds"], 1) for r in side.rounds],
+            "cpu_ms_per_launch": round(sum(r["cpu"] for r in side.rounds) / launches * 1e3, 2),
+        }
+        if side.db is not None:
+            # the launches answered are placed and started after: a round ends when the last
+            # of them is (moto records an instance before it answers)
+            after = sum(r["until_started"] for r in side.rounds)
+            run["started_per_s"] = round(launches / (seconds + after), 3)
+            run["waiting"] = waiting(side.db)
+        print(f"{side.name} run_one: {json.dumps(run)}")
+        results[side.name] = run
+    return results
 
 
 def against_bare(
@@ -573,6 +623,9 @@ def main() -> None:
     )
     parser.add_argument("--run-seconds", type=float, default=3.0)
     parser.add_argument(
+        "--run-rounds", type=int, default=3, help="RunInstances rounds sharing --run-seconds"
+    )
+    parser.add_argument(
         "--ec2-workers", type=int, default=1, help="cloudbroker's [ec2] workers (0: none)"
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
@@ -607,13 +660,26 @@ def main() -> None:
             middle_ours = mine[len(mine) // 2]
             results["cloudbroker"] = measure(
                 "cloudbroker", ec2_port, OURS_REGION, (key, secret), one, middle_ours, args,
-                served.pid, tmp / "var" / "broker.db",
+                served.pid,
             )  # fmt: skip
             one_moto = {**moto_launch, "MinCount": "1", "MaxCount": "1"}
             middle = their_ids[len(their_ids) // 2]
             results["moto"] = measure(
                 "moto", moto_port, MOTO_REGION, moto_creds, one_moto, middle, args, moto_pid.pid
             )
+            runs = run_rounds(
+                [
+                    Side("cloudbroker", ec2_port, signed_request(
+                        ec2_port, OURS_REGION, key, secret, {"Action": "RunInstances", **one}
+                    ), served.pid, tmp / "var" / "broker.db"),
+                    Side("moto", moto_port, signed_request(
+                        moto_port, MOTO_REGION, *moto_creds, {"Action": "RunInstances", **one_moto}
+                    ), moto_pid.pid),
+                ],
+                args,
+            )  # fmt: skip
+            results["cloudbroker"]["run_one"] = runs["cloudbroker"]
+            results["moto"]["run_one"] = runs["moto"]
             one_req = signed_request(
                 ec2_port, OURS_REGION, key, secret,
                 {"Action": "DescribeInstances", "InstanceId.1": middle_ours},
@@ -658,6 +724,10 @@ def main() -> None:
             ours_r["run_one"]["started_per_s"] / moto_r["run_one"]["rps"], 1
         ),
         "run_one_waiting_after": ours_r["run_one"].get("waiting"),
+        "run_one_rounds_rps": {
+            "cloudbroker": ours_r["run_one"]["rounds_rps"],
+            "moto": moto_r["run_one"]["rounds_rps"],
+        },
         # one core's time per RunInstances, from the request to the instance running (ours) or
         # recorded (moto): 20 times moto's rate on one core needs a twentieth of moto's figure
         "run_one_cpu_ms_per_launch": {

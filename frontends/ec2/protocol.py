@@ -31,8 +31,10 @@ MAX_BODY: Final = 1024 * 1024
 MAX_PARAMS: Final = 5000
 MAX_NAME: Final = 256
 MAX_MEMBERS: Final = 1000
-_VERSION: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_VERSION: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _FORM: Final = "application/x-www-form-urlencoded"
+#: what boto3 and euca2ools send, accepted without reading it apart
+_USUAL_TYPES: Final = frozenset({_FORM, f"{_FORM}; charset=utf-8", f"{_FORM}; charset=UTF-8"})
 
 
 def decode_pairs(raw: bytes) -> dict[str, str]:
@@ -71,7 +73,7 @@ def check_content_type(request: web.Request) -> None:
     if request.method != "POST":
         return
     header = request.headers.get("Content-Type", "")
-    if not header:
+    if not header or header in _USUAL_TYPES:
         return
     kind, _, rest = header.partition(";")
     if kind.strip().lower() != _FORM:
@@ -263,7 +265,7 @@ def version_of(params: Mapping[str, str]) -> str:
     value = params.get("Version")
     if value is None:
         return "2016-11-15"
-    if not _VERSION.match(value):
+    if not _VERSION.fullmatch(value):
         raise invalid("Version", value, "it must look like 2016-11-15")
     return value
 

@@ -16,7 +16,7 @@ from broker.states import State
 from frontends.ec2 import render
 from frontends.ec2.actions import ACTIONS
 from frontends.ec2.errors import WireError, classify
-from frontends.ec2.protocol import Params, decode_pairs
+from frontends.ec2.protocol import Params, decode_pairs, version_of
 from frontends.ec2.signing import SignatureError
 from frontends.ec2.states import BY_NAME, EC2_STATE
 from tests.frontends.ec2.conftest import Server, send
@@ -160,6 +160,16 @@ def test_flattened_shapes() -> None:
     with pytest.raises(WireError) as exc:
         Params({}).required("ImageId")
     assert exc.value.code == "MissingParameter"
+
+
+def test_the_version_echoed_is_a_plain_date() -> None:
+    """It goes into the reply's namespace as sent: nothing but ASCII YYYY-MM-DD passes."""
+    assert version_of(Params({"Version": "2016-11-15"})) == "2016-11-15"
+    assert version_of(Params({})) == "2016-11-15"
+    for bad in ("2016-11-15\n", "\uff12\uff10\uff11\uff16-11-15", "2016-11-15x", "16-11-15"):
+        with pytest.raises(WireError) as exc:
+            version_of(Params({"Version": bad}))
+        assert exc.value.code == "InvalidParameterValue"
 
 
 # --- rendering, errors and states -----------------------------------------------------------
