@@ -24,9 +24,10 @@ most 3), from three rounds that alternate the two (``describe_one_against_bare_r
 boto3's end-to-end latency (one client, one request at a time) is shown beside for each call and
 server.
 
-RunInstances runs in ``--run-rounds`` (3) rounds that share ``--run-seconds`` against each
-server in turn (ours, moto, ours...; :func:`run_rounds`), and its figures pool them, so a change
-in the machine's speed falls on both (``run_one_rounds_rps`` shows each round). cloudbroker
+``describe_one`` and ``run_one`` run in ``--rounds`` (3) rounds against each server in turn
+(ours, moto, ours...; :func:`alternate`) that share ``--seconds`` and ``--run-seconds``, and
+their figures pool them, so a change in the machine's speed falls on both (``rounds_rps``
+shows each round). cloudbroker
 answers RunInstances once the instance is recorded, as EC2 does, and places and starts it
 after; moto records it before it answers. ``rps`` counts answers; for cloudbroker a round ends
 when every instance answered in it has been started on the simulated host, and
@@ -425,8 +426,8 @@ def measure(
     args: argparse.Namespace,
     pid: int | None = None,
 ) -> dict[str, Any]:
-    """describe_all, describe_one and boto3's figures against one server (RunInstances is
-    measured by :func:`run_rounds`, against both servers in turn)."""
+    """describe_all and boto3's figures against one server (describe_one and RunInstances are
+    measured by :func:`alternate`, against both servers in turn)."""
     key, secret = creds
 
     def spied(op: str) -> contextlib.AbstractContextManager[None]:
@@ -446,8 +447,6 @@ def measure(
     assert status == 200 and one_body.count(b"<instanceId>") == 1, (name, status)
     with spied("describe_all"):
         out["describe_all"] = load(port, all_req, args.workers, args.seconds)
-    with spied("describe_one"):
-        out["describe_one"] = load(port, one_req, args.workers, args.seconds)
     out["boto3_ms"] = {
         "describe_one": boto3_ms(lambda: ec2.describe_instances(InstanceIds=[one_id]), 30),
         "describe_all": boto3_ms(lambda: ec2.describe_instances(MaxResults=1000), 3),
@@ -462,62 +461,65 @@ def measure(
 
 @dataclasses.dataclass
 class Side:
-    """One server as :func:`run_rounds` drives it: ``db`` is cloudbroker's, None for moto."""
+    """One server as :func:`alternate` drives it: ``db`` is cloudbroker's, None for moto."""
 
     name: str
     port: int
-    request: bytes
+    requests: dict[str, bytes]  # by operation: the signed request sent again and again
     pid: int
     db: Path | None = None
-    rounds: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    rounds: dict[str, list[dict[str, float]]] = dataclasses.field(default_factory=dict)
 
 
-def run_rounds(sides: list[Side], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """RunInstances against each server in turn, ``--run-rounds`` times (ours, moto, ours...),
-    ``--run-seconds`` in all for each, so a change in the machine's speed during the run falls
-    on both (one round of each moved the ratio by a fifth to a third from run to run). The
-    seconds in all stay what one round had, so each server holds as many instances by the end
-    as before. A round of cloudbroker's ends when every launch it
-    answered is started (the next round starts with nothing left to place); moto's two seconds
-    after its last answer. Each figure pools the rounds: launches over the seconds of load."""
-    for number in range(args.run_rounds):
+def alternate(
+    sides: list[Side], op: str, workers: int, seconds: float, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """``op`` against each server in turn, ``--rounds`` times (ours, moto, ours...),
+    ``seconds`` in all for each, so a change in the machine's speed during the run falls on
+    both (one round of each moved a ratio by a fifth to a third from run to run). The seconds
+    in all stay what one round had, so each server holds as many instances by the end as
+    before. A RunInstances round of cloudbroker's ends when every launch it answered is started
+    (the next round starts with nothing left to place); moto's two seconds after its last
+    answer. Each figure pools the rounds: requests over the seconds of load."""
+    for number in range(args.rounds):
         for side in sides:
-            out = args.profile / f"{side.name}-run_one-{number}.txt" if args.profile else None
+            out = args.profile / f"{side.name}-{op}-{number}.txt" if args.profile else None
             used = cpu_seconds(side.pid)
             with profiled(side.pid, out):
-                got = load(
-                    side.port, side.request, args.run_workers, args.run_seconds / args.run_rounds
-                )
-            seconds = got["requests"] / got["rps"]
-            after = started(side.db) if side.db is not None else 0.0
-            if side.db is None:
+                got = load(side.port, side.requests[op], workers, seconds / args.rounds)
+            after = 0.0
+            if op == "run_one" and side.db is not None:
+                after = started(side.db)
+            elif op == "run_one":
                 time.sleep(2.0)
-            side.rounds.append(
+            side.rounds.setdefault(op, []).append(
                 {
                     "requests": got["requests"],
-                    "seconds": seconds,
+                    "seconds": got["requests"] / got["rps"],
                     "until_started": after,
                     "cpu": cpu_seconds(side.pid) - used,
                 }
             )
     results = {}
     for side in sides:
-        launches = sum(r["requests"] for r in side.rounds)
-        seconds = sum(r["seconds"] for r in side.rounds)
-        run: dict[str, Any] = {
-            "rps": round(launches / seconds, 3),
-            "requests": launches,
-            "rounds_rps": [round(r["requests"] / r["seconds"], 1) for r in side.rounds],
-            "cpu_ms_per_launch": round(sum(r["cpu"] for r in side.rounds) / launches * 1e3, 2),
+        rounds = side.rounds[op]
+        done = sum(r["requests"] for r in rounds)
+        busy = sum(r["seconds"] for r in rounds)
+        result: dict[str, Any] = {
+            "rps": round(done / busy, 3),
+            "requests": done,
+            "rounds_rps": [round(r["requests"] / r["seconds"], 1) for r in rounds],
         }
-        if side.db is not None:
-            # the launches answered are placed and started after: a round ends when the last
-            # of them is (moto records an instance before it answers)
-            after = sum(r["until_started"] for r in side.rounds)
-            run["started_per_s"] = round(launches / (seconds + after), 3)
-            run["waiting"] = waiting(side.db)
-        print(f"{side.name} run_one: {json.dumps(run)}")
-        results[side.name] = run
+        if op == "run_one":
+            result["cpu_ms_per_launch"] = round(sum(r["cpu"] for r in rounds) / done * 1e3, 2)
+            if side.db is not None:
+                # the launches answered are placed and started after: a round ends when the
+                # last of them is (moto records an instance before it answers)
+                after = sum(r["until_started"] for r in rounds)
+                result["started_per_s"] = round(done / (busy + after), 3)
+                result["waiting"] = waiting(side.db)
+        print(f"{side.name} {op}: {json.dumps(result)}")
+        results[side.name] = result
     return results
 
 
@@ -623,7 +625,7 @@ def main() -> None:
     )
     parser.add_argument("--run-seconds", type=float, default=3.0)
     parser.add_argument(
-        "--run-rounds", type=int, default=3, help="RunInstances rounds sharing --run-seconds"
+        "--rounds", type=int, default=3, help="rounds of describe_one and run_one per server"
     )
     parser.add_argument(
         "--ec2-workers", type=int, default=1, help="cloudbroker's [ec2] workers (0: none)"
@@ -667,19 +669,26 @@ def main() -> None:
             results["moto"] = measure(
                 "moto", moto_port, MOTO_REGION, moto_creds, one_moto, middle, args, moto_pid.pid
             )
-            runs = run_rounds(
-                [
-                    Side("cloudbroker", ec2_port, signed_request(
-                        ec2_port, OURS_REGION, key, secret, {"Action": "RunInstances", **one}
-                    ), served.pid, tmp / "var" / "broker.db"),
-                    Side("moto", moto_port, signed_request(
-                        moto_port, MOTO_REGION, *moto_creds, {"Action": "RunInstances", **one_moto}
-                    ), moto_pid.pid),
-                ],
-                args,
-            )  # fmt: skip
-            results["cloudbroker"]["run_one"] = runs["cloudbroker"]
-            results["moto"]["run_one"] = runs["moto"]
+            sides = [
+                Side("cloudbroker", ec2_port, {
+                    "describe_one": signed_request(ec2_port, OURS_REGION, key, secret, {
+                        "Action": "DescribeInstances", "InstanceId.1": middle_ours}),
+                    "run_one": signed_request(
+                        ec2_port, OURS_REGION, key, secret, {"Action": "RunInstances", **one}),
+                }, served.pid, tmp / "var" / "broker.db"),
+                Side("moto", moto_port, {
+                    "describe_one": signed_request(moto_port, MOTO_REGION, *moto_creds, {
+                        "Action": "DescribeInstances", "InstanceId.1": middle}),
+                    "run_one": signed_request(moto_port, MOTO_REGION, *moto_creds, {
+                        "Action": "RunInstances", **one_moto}),
+                }, moto_pid.pid),
+            ]  # fmt: skip
+            for op, workers, seconds in (
+                ("describe_one", args.workers, args.seconds),
+                ("run_one", args.run_workers, args.run_seconds),
+            ):
+                for name, got in alternate(sides, op, workers, seconds, args).items():
+                    results[name][op] = got
             one_req = signed_request(
                 ec2_port, OURS_REGION, key, secret,
                 {"Action": "DescribeInstances", "InstanceId.1": middle_ours},
@@ -724,9 +733,9 @@ def main() -> None:
             ours_r["run_one"]["started_per_s"] / moto_r["run_one"]["rps"], 1
         ),
         "run_one_waiting_after": ours_r["run_one"].get("waiting"),
-        "run_one_rounds_rps": {
-            "cloudbroker": ours_r["run_one"]["rounds_rps"],
-            "moto": moto_r["run_one"]["rounds_rps"],
+        "rounds_rps": {
+            op: {side: results[side][op]["rounds_rps"] for side in ("cloudbroker", "moto")}
+            for op in ("describe_one", "run_one")
         },
         # one core's time per RunInstances, from the request to the instance running (ours) or
         # recorded (moto): 20 times moto's rate on one core needs a twentieth of moto's figure
