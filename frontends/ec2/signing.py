@@ -33,15 +33,16 @@ import hmac
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from botocore.auth import SIGV4_TIMESTAMP
 from botocore.utils import normalize_url_path, percent_encode
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.errors import Unauthenticated
 
@@ -499,8 +500,12 @@ def _payload_hash(headers: Mapping[str, list[str]], body: bytes) -> str:
     return value
 
 
-def _index_headers(headers: Sequence[tuple[str, str]] | Mapping[str, str]) -> dict[str, list[str]]:
+def _index_headers(
+    headers: Sequence[tuple[str, str]] | Mapping[str, str],
+) -> Mapping[str, list[str]]:
     """Header values by lowercased name, repeats kept in the order received."""
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        return _Caseless(headers)  # aiohttp's headers: looked up as they are
     pairs: Iterable[tuple[str, str]] = headers.items() if isinstance(headers, Mapping) else headers
     index: dict[str, list[str]] = {}
     for name, value in pairs:
@@ -508,9 +513,36 @@ def _index_headers(headers: Sequence[tuple[str, str]] | Mapping[str, str]) -> di
     return index
 
 
+class _Caseless(Mapping[str, list[str]]):
+    """A case-insensitive multidict read as :func:`_index_headers` indexes one: each name's
+    values in the order received (only the few names a check asks for are ever looked up)."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> None:
+        self._headers = headers
+
+    def __getitem__(self, name: str) -> list[str]:
+        return self._headers.getall(name)
+
+    def get(self, name: str, default: object = None) -> Any:
+        return self._headers.getall(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.lower() for name in self._headers))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def _parse_query(query_string: str) -> list[tuple[bytes, bytes]]:
     """Decode a raw query to byte pairs (``+`` is a space, as form decoding has it)."""
-    pairs = []
+    pairs: list[tuple[bytes, bytes]] = []
+    if not query_string:
+        return pairs
     for piece in _raw(query_string).split(b"&"):
         if piece:
             name, _, value = piece.partition(b"=")

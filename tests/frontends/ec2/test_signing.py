@@ -17,7 +17,7 @@ import pytest
 from botocore.auth import SigV2Auth, SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.errors import BrokerError, Unauthenticated
 from frontends.ec2.signing import (
@@ -26,6 +26,7 @@ from frontends.ec2.signing import (
     SigningKeyCache,
     Verified,
     Verifier,
+    _index_headers,
 )
 
 KEY = "AKIDEXAMPLE"
@@ -689,3 +690,16 @@ def test_one_verifier_serves_every_record_from_one_cached_key() -> None:
     for record in RECORDS:
         _verify(record, verifier=verifier)
     assert len(verifier.keys) == 1
+
+
+def test_aiohttp_headers_are_read_as_the_index_of_their_pairs() -> None:
+    """A case-insensitive multidict (what aiohttp hands over) is looked up as it is, and reads
+    the same as the index made from its pairs: repeats in order, any case, absent names."""
+    pairs = [("Host", "h"), ("X-Amz-Date", "d"), ("x-custom", "a"), ("X-CUSTOM", "b")]
+    view = _index_headers(CIMultiDictProxy(CIMultiDict(pairs)))
+    index = _index_headers(pairs)
+    for name in ("host", "x-amz-date", "x-custom", "authorization"):
+        assert view.get(name) == index.get(name)
+        assert (name in view) == (name in index)
+    assert view["x-custom"] == ["a", "b"] and sorted(view) == sorted(index)
+    assert len(view) == len(index) == 3
