@@ -20,7 +20,10 @@ socket, reading each reply by its Content-Length: a few microseconds of client w
 so the server is what is measured. The baseline for the per-request cost is a bare aiohttp
 handler (its own process) returning the very bytes of cloudbroker's ``describe_one`` answer:
 ``describe_one_cost_vs_bare`` is how many times longer cloudbroker takes per request (target: at
-most 3), from three rounds that alternate the two (``describe_one_against_bare_rounds``).
+most 3), from six rounds that alternate the two (``describe_one_against_bare_rounds``) while the
+1,000 instances are present (before the RunInstances rounds); ``describe_one_cpu_vs_bare`` is
+the same comparison in CPU time per answer (``serve`` and its workers against the bare
+handler's process), which the clients' share of the two cores does not move.
 boto3's end-to-end latency (one client, one request at a time) is shown beside for each call and
 server.
 
@@ -363,13 +366,15 @@ def _bare(port: int, body: bytes) -> None:
 
 
 @contextlib.contextmanager
-def bare_server(body: bytes) -> Iterator[int]:
+def bare_server(body: bytes) -> Iterator[tuple[int, int]]:
+    """The bare handler's port and process id."""
     port = free_port()
     proc = mp.get_context("spawn").Process(target=_bare, args=(port, body), daemon=True)
     proc.start()
+    assert proc.pid is not None
     try:
         wait_port(port)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.join(10)
@@ -524,24 +529,41 @@ def alternate(
 
 
 def against_bare(
-    port: int, one_req: bytes, body: bytes, creds: tuple[str, str], args: argparse.Namespace
+    port: int,
+    pid: int,
+    one_req: bytes,
+    body: bytes,
+    creds: tuple[str, str],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """describe_one against the bare handler returning its bytes, in alternating rounds, so a
     change in the machine's speed between the two (it swings by a third from run to run) falls
     on both: the mean rate of each over six rounds of ``--seconds`` / 4 (one round's ratio
     ranged from 1.85 to 3.47 in runs whose three rounds of ``--seconds`` / 2 averaged 2.2 to
-    3.1: shorter rounds, more of them, in the same time)."""
+    3.1: shorter rounds, more of them, in the same time). Beside the rates, each server's CPU
+    time per answer over all its rounds (``pid``: cloudbroker's ``serve`` and its workers)."""
     rounds: list[dict[str, float]] = []
-    with bare_server(body) as bare_port:
+    cpu = {"ours": 0.0, "bare": 0.0}
+    answered = {"ours": 0, "bare": 0}
+    with bare_server(body) as (bare_port, bare_pid):
         bare_req = signed_request(bare_port, OURS_REGION, *creds, {"Action": "Bare"})
         for _ in range(6):
-            ours = load(port, one_req, args.workers, args.seconds / 4)["rps"]
-            bare = load(bare_port, bare_req, args.workers, args.seconds / 4)["rps"]
-            rounds.append({"ours_rps": ours, "bare_rps": bare})
+            rates = {}
+            for side, side_port, side_pid, req in (
+                ("ours", port, pid, one_req),
+                ("bare", bare_port, bare_pid, bare_req),
+            ):
+                used = cpu_seconds(side_pid)
+                got = load(side_port, req, args.workers, args.seconds / 4)
+                cpu[side] += cpu_seconds(side_pid) - used
+                answered[side] += int(got["requests"])
+                rates[side] = got["rps"]
+            rounds.append({"ours_rps": rates["ours"], "bare_rps": rates["bare"]})
     return {
         "ours_rps": statistics.fmean(r["ours_rps"] for r in rounds),
         "bare_rps": statistics.fmean(r["bare_rps"] for r in rounds),
         "rounds": rounds,
+        "cpu_us": {side: round(cpu[side] / answered[side] * 1e6, 1) for side in cpu},
     }
 
 
@@ -685,19 +707,19 @@ def main() -> None:
                         "Action": "RunInstances", **one_moto}),
                 }, moto_pid.pid),
             ]  # fmt: skip
-            for op, workers, seconds in (
-                ("describe_one", args.workers, args.seconds),
-                ("run_one", args.run_workers, args.run_seconds),
-            ):
-                for name, got in alternate(sides, op, workers, seconds, args).items():
-                    results[name][op] = got
-            one_req = signed_request(
-                ec2_port, OURS_REGION, key, secret,
-                {"Action": "DescribeInstances", "InstanceId.1": middle_ours},
-            )  # fmt: skip
+            for name, got in alternate(
+                sides, "describe_one", args.workers, args.seconds, args
+            ).items():
+                results[name]["describe_one"] = got
+            # against the bare handler while 1,000 instances are present, as the issue sets
+            # it (the RunInstances rounds after add thousands)
             paired = against_bare(
-                ec2_port, one_req, results["cloudbroker"]["describe_one_body"], (key, secret), args
-            )
+                ec2_port, served.pid, sides[0].requests["describe_one"],
+                results["cloudbroker"]["describe_one_body"], (key, secret), args,
+            )  # fmt: skip
+            runs = alternate(sides, "run_one", args.run_workers, args.run_seconds, args)
+            for name, got in runs.items():
+                results[name]["run_one"] = got
         # the same server and data, keeping no answers: every describe reads and renders anew
         # (what a describe costs right after something changed)
         fresh_port, fresh_admin = free_port(), free_port()
@@ -747,6 +769,9 @@ def main() -> None:
         },
         "describe_one_cost_vs_bare": cost,
         "describe_one_against_bare_rounds": paired["rounds"],
+        # each server's CPU time per answer in those rounds (cloudbroker: serve and its workers)
+        "describe_one_cpu_us": paired["cpu_us"],
+        "describe_one_cpu_vs_bare": round(paired["cpu_us"]["ours"] / paired["cpu_us"]["bare"], 2),
         "keeping_no_answers": {
             "rps": {op: results["fresh"][op]["rps"] for op in ("describe_all", "describe_one")},
             "speedup_vs_moto": {

@@ -180,11 +180,23 @@ class Reads:
         connection counts on its own. Read it before the reads whose result it labels."""
         if self._inline is None:
             return None
-        conn = self._loop_connection()
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        row = raw.execute("PRAGMA data_version").fetchone()
-        return int(self._local.generation), int(row[0])
+        local = self._local
+        conn: Connection | None = getattr(local, "conn", None)
+        # (generation, cursor): a cursor kept for this connection, the statement ready in it
+        kept: tuple[int, Any] | None = getattr(local, "version_cursor", None)
+        if (
+            kept is None
+            or conn is None
+            or conn.closed
+            or conn.invalidated
+            or kept[0] != local.generation
+        ):
+            conn = self._loop_connection()
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            kept = local.version_cursor = (local.generation, raw.cursor())
+        row = kept[1].execute("PRAGMA data_version").fetchone()
+        return kept[0], int(row[0])
 
     def _on_loop(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` on this thread's own connection."""

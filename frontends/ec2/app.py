@@ -121,7 +121,7 @@ async def authenticate(
     request: web.Request, params: Params, path: str, query: str, body: bytes
 ) -> Caller:
     """The caller who signed this request, or :class:`SignatureError`."""
-    app = request.app
+    app = request.app  # a property that looks the app up: read once
     key = _claimed_key(request.headers, query, params)
     found = None
     if key is not None and len(key) <= _MAX_KEY:
@@ -141,7 +141,8 @@ async def authenticate(
 
 
 async def handle(request: web.Request) -> web.Response:
-    request_id = request.app[REQUEST_IDS].next()
+    app = request.app  # a property that looks the app up: read once
+    request_id = app[REQUEST_IDS].next()
     action = "-"
     try:
         check_content_type(request)
@@ -161,28 +162,28 @@ async def handle(request: web.Request) -> web.Response:
             raise WireError(
                 "InvalidAction", f"The action {action[:64]} is not valid for this web service."
             )
-        core = request.app[RUNTIME].core
-        if core is not None and action not in IN_WORKERS:
-            return await core.forward(request, body)
+        rt = app[RUNTIME]
+        if rt.core is not None and action not in IN_WORKERS:
+            return await rt.core.forward(request, body)
         version = version_of(params)
-        kept = request.app[REPLIES]
+        kept = app[REPLIES]
         asked = kept.key(caller, request.host, params) if action in REUSABLE else None
-        db_version = request.app[RUNTIME].reads.version() if asked is not None else None
+        db_version = rt.reads.version() if asked is not None else None
         if asked is not None:
             again = kept.get(asked, db_version, request_id)
             if again is not None:
                 return _answer(again, request_id)
         root = render.envelope(action, version, request_id)
         call = Call(
-            request.app[RUNTIME],
+            rt,
             caller,
             params,
             action,
             version,
             request_id,
             request.host,
-            request.app[FRAGMENTS],
-            request.app[DEFAULT_GROUPS],
+            app[FRAGMENTS],
+            app[DEFAULT_GROUPS],
         )
         whole = await handler(call, root)
     except (BrokerError, Exception) as exc:

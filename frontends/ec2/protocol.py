@@ -15,8 +15,8 @@ import base64
 import binascii
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Final
+from collections.abc import Awaitable, Callable, ItemsView, Iterator, Mapping
+from typing import Final, TypeVar, overload
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -35,6 +35,7 @@ _VERSION: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _FORM: Final = "application/x-www-form-urlencoded"
 #: what boto3 and euca2ools send, accepted without reading it apart
 _USUAL_TYPES: Final = frozenset({_FORM, f"{_FORM}; charset=utf-8", f"{_FORM}; charset=UTF-8"})
+T = TypeVar("T")
 
 
 def decode_pairs(raw: bytes) -> dict[str, str]:
@@ -47,13 +48,18 @@ def decode_pairs(raw: bytes) -> dict[str, str]:
         raise WireError(
             "InvalidParameterValue", f"The request has more than {MAX_PARAMS} parameters."
         )
+    plain = b"%" not in raw and b"+" not in raw  # nothing escaped: each piece is as it reads
     for piece in pieces:
         if not piece:
             continue
         name_b, _, value_b = piece.partition(b"=")
         try:
-            name = unquote_to_bytes(name_b.replace(b"+", b" ")).decode("utf-8")
-            value = unquote_to_bytes(value_b.replace(b"+", b" ")).decode("utf-8")
+            if plain:
+                name = name_b.decode("utf-8")
+                value = value_b.decode("utf-8")
+            else:
+                name = unquote_to_bytes(name_b.replace(b"+", b" ")).decode("utf-8")
+                value = unquote_to_bytes(value_b.replace(b"+", b" ")).decode("utf-8")
         except UnicodeDecodeError:
             raise WireError(
                 "InvalidParameterValue", "The request parameters are not valid UTF-8."
@@ -142,6 +148,20 @@ class Params(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    # the dict's own, where Mapping's would call __getitem__ and catch its KeyError
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    @overload
+    def get(self, key: str, /) -> str | None: ...
+    @overload
+    def get(self, key: str, /, default: str | T) -> str | T: ...
+    def get(self, key: str, /, default: object = None) -> object:
+        return self._data.get(key, default)
+
+    def items(self) -> ItemsView[str, str]:
+        return self._data.items()
 
     def text(self, name: str) -> str | None:
         return self._data.get(name)

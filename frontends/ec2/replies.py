@@ -54,6 +54,8 @@ class Replies:
 
     @staticmethod
     def key(caller: Caller, host: str, params: Mapping[str, str]) -> Key:
+        if _SIGNING.isdisjoint(params):  # signed in a header, as SDKs do: all of it is asked
+            return caller, host, frozenset(params.items())
         asked = frozenset((k, v) for k, v in params.items() if k not in _SIGNING)
         return caller, host, asked
 

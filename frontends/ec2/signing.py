@@ -34,10 +34,9 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, NamedTuple, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from botocore.auth import SIGV4_TIMESTAMP
@@ -115,13 +114,14 @@ class SignatureError(Unauthenticated):
         self.code: ErrorCode = code
 
 
-@dataclass(frozen=True, slots=True)
-class SignedRequest:
+class SignedRequest(NamedTuple):
     """One request as received, nothing decoded or re-encoded.
 
     ``path`` is the raw path without the query, ``query_string`` the raw text after ``?`` (or
     ``""``), ``headers`` every header line in the order received (pairs, or a mapping such as
     aiohttp's ``CIMultiDictProxy`` whose ``items()`` repeats names), ``body`` the raw bytes.
+    (Named tuples, these three: one is made for every request, and a frozen dataclass sets each
+    field through ``object.__setattr__``, a microsecond and more each time.)
     """
 
     method: str
@@ -131,8 +131,7 @@ class SignedRequest:
     body: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class Verified:
+class Verified(NamedTuple):
     """Who signed the request, with which scheme, and the region the SigV4 scope named."""
 
     access_key: str
@@ -140,8 +139,7 @@ class Verified:
     region: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class _V4Claim:
+class _V4Claim(NamedTuple):
     """What a SigV4 request says about itself, before any of it is trusted."""
 
     access_key: str
@@ -464,6 +462,8 @@ def _canonical_path(path: str) -> str:
 
 def _canonical_query(query: list[tuple[bytes, bytes]]) -> str:
     """Names and values percent-encoded per RFC 3986, sorted; the signature itself left out."""
+    if not query:
+        return ""
     pairs = sorted(
         (percent_encode(name), percent_encode(value))
         for name, value in query
@@ -481,7 +481,10 @@ def _canonical_headers(headers: Mapping[str, list[str]], names: Sequence[str]) -
             raise SignatureError(
                 f"The signed header {name} is not in the request.", code="SignatureDoesNotMatch"
             )
-        lines.append(f"{name}:{','.join(' '.join(value.split()) for value in values)}\n")
+        if len(values) == 1:  # the usual case: one line of that name
+            lines.append(f"{name}:{' '.join(values[0].split())}\n")
+        else:
+            lines.append(f"{name}:{','.join(' '.join(value.split()) for value in values)}\n")
     return "".join(lines)
 
 

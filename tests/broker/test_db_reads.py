@@ -42,6 +42,29 @@ async def test_the_version_moves_with_every_commit_and_only_then(tmp_path: Path)
         await writer.dispose()
 
 
+async def test_a_new_read_connection_gets_a_new_version_and_its_own_count(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    writer = create_engine(url)
+    async with writer.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+    reads = Reads(url, writer)
+    try:
+        first = reads.version()
+        reads._loop_connection().invalidate()  # lost: the next read opens another
+        second = reads.version()
+        assert second is not None and first is not None and second[0] != first[0]
+        async with writer.begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+        third = reads.version()  # read on the new connection: it sees the commit
+        assert third is not None and third[0] == second[0] and third != second
+        assert await reads.run(lambda c: c.execute(text("SELECT count(*) FROM t")).scalar()) == 1
+        assert reads.version() == third
+    finally:
+        reads.close()
+        await writer.dispose()
+
+
 async def test_memory_databases_have_no_version(tmp_path: Path) -> None:
     writer = create_engine("sqlite+aiosqlite://")
     reads = Reads("sqlite+aiosqlite://", writer)
