@@ -4,24 +4,37 @@ its statements on the loop (broker.sqliteloop): what kept answers and every writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker import sqliteloop
 from broker.db import Reads, create_engine
 
 
-async def test_the_version_moves_with_every_commit_and_only_then(tmp_path: Path) -> None:
-    path = tmp_path / "v.db"
+@contextlib.asynccontextmanager
+async def _table(path: Path) -> AsyncIterator[tuple[AsyncEngine, Reads]]:
+    """A database file with one empty table ``t``: its writer and its reads."""
     url = f"sqlite+aiosqlite:///{path}"
     writer = create_engine(url)
     async with writer.begin() as conn:
         await conn.execute(text("CREATE TABLE t (x INTEGER)"))
     reads = Reads(url, writer)
     try:
+        yield writer, reads
+    finally:
+        reads.close()
+        await writer.dispose()
+
+
+async def test_the_version_moves_with_every_commit_and_only_then(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    async with _table(path) as (writer, reads):
         first = reads.version()
         assert first is not None and reads.version() == first
         assert await reads.run(lambda c: c.execute(text("SELECT count(*) FROM t")).scalar()) == 0
@@ -37,19 +50,10 @@ async def test_the_version_moves_with_every_commit_and_only_then(tmp_path: Path)
         third = reads.version()
         assert third not in (first, second)
         assert reads.version() == third
-    finally:
-        reads.close()
-        await writer.dispose()
 
 
 async def test_a_new_read_connection_gets_a_new_version_and_its_own_count(tmp_path: Path) -> None:
-    path = tmp_path / "v.db"
-    url = f"sqlite+aiosqlite:///{path}"
-    writer = create_engine(url)
-    async with writer.begin() as conn:
-        await conn.execute(text("CREATE TABLE t (x INTEGER)"))
-    reads = Reads(url, writer)
-    try:
+    async with _table(tmp_path / "v.db") as (writer, reads):
         first = reads.version()
         reads._loop_connection().invalidate()  # lost: the next read opens another
         second = reads.version()
@@ -60,9 +64,6 @@ async def test_a_new_read_connection_gets_a_new_version_and_its_own_count(tmp_pa
         assert third is not None and third[0] == second[0] and third != second
         assert await reads.run(lambda c: c.execute(text("SELECT count(*) FROM t")).scalar()) == 1
         assert reads.version() == third
-    finally:
-        reads.close()
-        await writer.dispose()
 
 
 async def test_memory_databases_have_no_version(tmp_path: Path) -> None:
